@@ -1,0 +1,1 @@
+"""Helpers shared by the tests: services set-up, data factories, worker processes, fake turns."""

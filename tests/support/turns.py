@@ -1,0 +1,43 @@
+"""Turns for tests, selected in worker subprocesses through ``AGENT_TURN``.
+
+``slow_turn`` sleeps ``TEST_TURN_SECONDS`` (default 3) in short steps, checking its lease at each
+step as a real turn does before each model call, then answers ``done: <text>``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from zenthor.agent.turn import TurnContext, TurnError, TurnResult
+from zenthor.models import Message
+
+
+def _text(ctx: TurnContext) -> str:
+    message = Message.get_or_none(Message.id == ctx.message_id) if ctx.message_id else None
+    return message.content if message is not None else ""
+
+
+def slow_turn(ctx: TurnContext) -> TurnResult:
+    """Sleep in steps (checking the lease), then reply."""
+    deadline = time.monotonic() + float(os.environ.get("TEST_TURN_SECONDS", "3"))
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        ctx.checkpoint("slow_turn")
+    return TurnResult(replies=[f"done: {_text(ctx)}"])
+
+
+def blind_slow_turn(ctx: TurnContext) -> TurnResult:
+    """Sleep without checking the lease, so only the fenced completion can stop a stale worker."""
+    time.sleep(float(os.environ.get("TEST_TURN_SECONDS", "3")))
+    return TurnResult(replies=[f"done: {_text(ctx)}"])
+
+
+def failing_turn(ctx: TurnContext) -> TurnResult:
+    """Always fails with a retryable error."""
+    raise TurnError("server", "the model answered 500")
+
+
+def fatal_turn(ctx: TurnContext) -> TurnResult:
+    """Fails with an error no retry can fix."""
+    raise TurnError("auth", "the model rejected our API key", retryable=False)

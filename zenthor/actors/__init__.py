@@ -1,0 +1,29 @@
+"""All actors. ``dramatiq zenthor.actors`` and ``periodiq zenthor.actors`` import this package.
+
+Order matters: the broker (with its middleware) is set before any actor is declared.
+"""
+
+from zenthor.settings import settings_or_exit
+
+settings_or_exit()
+
+from zenthor.observability import configure_logging  # noqa: E402
+
+configure_logging()
+
+from zenthor.broker import broker, lease_heartbeat  # noqa: E402
+from zenthor.db import init_database  # noqa: E402
+
+init_database()
+
+from zenthor.actors.dispatch import dispatch  # noqa: E402
+from zenthor.actors.publish import publish_dispatch  # noqa: E402
+from zenthor.actors.sweep import sweep, sweep_recheck  # noqa: E402
+from zenthor.middleware.boot_sweep import KickSweepOnBoot  # noqa: E402
+
+# A lease released at warm shutdown is re-published at once so another worker takes it.
+lease_heartbeat.on_released = publish_dispatch
+# A worker that starts kicks the sweep, so recovery never waits for the next periodiq tick.
+broker.add_middleware(KickSweepOnBoot(lambda: sweep_recheck.send("boot")))
+
+__all__ = ["broker", "dispatch", "sweep", "sweep_recheck"]

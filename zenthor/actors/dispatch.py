@@ -1,0 +1,175 @@
+"""The dispatch actor: claim the job a message names, run the turn, complete it token-fenced.
+
+A message is only a nudge. If the job cannot be claimed (done, held by a live lease, behind an
+older job of its conversation, unknown) the message is acked and nothing happens. Attempts live
+in ``agent_job``; Dramatiq's own retries cover infrastructure errors only (the database or the
+broker unreachable), so a failing turn is retried through the table's backoff, never twice at once.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import dramatiq
+from dramatiq.errors import BrokerConnectionError
+from dramatiq.middleware import CurrentMessage, Shutdown, TimeLimitExceeded
+from peewee import InterfaceError, OperationalError
+
+from zenthor.actors.publish import publish_deliveries, publish_dispatch
+from zenthor.agent.replies import WrittenReplies, write_failure_reply, write_replies
+from zenthor.agent.turn import TurnContext, TurnError, TurnResult, load_turn
+from zenthor.broker import lease_heartbeat
+from zenthor.observability import emit
+from zenthor.observability import events as ev
+from zenthor.observability.metrics import CLAIM_SECONDS, TURN_SECONDS
+from zenthor.queue import ClaimRefused, Lease, LeaseLost, claim, complete, fail, next_pending_job, release
+from zenthor.settings import get_settings, worker_id
+
+INFRASTRUCTURE_ERRORS = (OperationalError, InterfaceError, BrokerConnectionError)
+
+
+def is_infrastructure_error(retries: int, exception: BaseException) -> bool:
+    """Dramatiq retries a message only when the database or broker failed, a few times."""
+    return retries < 10 and isinstance(exception, INFRASTRUCTURE_ERRORS)
+
+
+def parse_job_id(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """The job id a dispatch message names; ValueError naming the problem otherwise."""
+    if kwargs or len(args) != 1:
+        raise ValueError(f"dispatch takes exactly one job id, got args={args!r} kwargs={kwargs!r}")
+    value = args[0]
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"job id must be an integer, got {type(value).__name__}")
+    try:
+        job_id = int(value)
+    except ValueError:
+        raise ValueError(f"job id must be an integer, got {value!r}") from None
+    if job_id <= 0:
+        raise ValueError(f"job id must be positive, got {job_id}")
+    return job_id
+
+
+@dramatiq.actor(
+    queue_name="dispatch",
+    max_retries=10,
+    retry_when=is_infrastructure_error,
+    time_limit=get_settings().DISPATCH_TIME_LIMIT_MS,
+    notify_shutdown=True,
+)
+def dispatch(*args: Any, **kwargs: Any) -> None:
+    """Run the job named by the message, if this worker may take it now."""
+    try:
+        job_id = parse_job_id(args, kwargs)
+    except ValueError as error:
+        current = CurrentMessage.get_current_message()
+        emit(ev.DISPATCH_BAD_MESSAGE, message_id=current.message_id if current else None, error=str(error))
+        return
+    process_job(job_id)
+
+
+def process_job(job_id: int) -> str:
+    """Claim, run and complete one job; returns what happened (for logs and tests)."""
+    started = time.monotonic()
+    try:
+        outcome = claim(job_id, worker_id())
+    except INFRASTRUCTURE_ERRORS as error:
+        emit(ev.DATABASE_UNAVAILABLE, operation="claim", job_id=job_id, error=str(error)[:200])
+        raise  # Dramatiq retries the message with backoff; the sweep covers the rest
+    CLAIM_SECONDS.observe(time.monotonic() - started)
+    if isinstance(outcome, ClaimRefused):
+        if outcome.reason == "not_found":
+            emit(ev.JOB_NOT_FOUND, job_id=job_id)
+        else:
+            emit(ev.JOB_CLAIM_REFUSED, job_id=job_id, reason=outcome.reason)
+        return f"refused:{outcome.reason}"
+    lease_heartbeat.hold(outcome)
+    try:
+        return _run_claimed(outcome, started)
+    finally:
+        lease_heartbeat.drop()
+
+
+def _run_claimed(lease: Lease, started: float) -> str:
+    turn = load_turn(get_settings().AGENT_TURN)
+    try:
+        result = turn(TurnContext(lease))
+        if not isinstance(result, TurnResult):
+            raise TurnError("format", f"turn returned {type(result).__name__}, not TurnResult")
+        written = complete(lease, status=result.status, write=lambda held: _write_result(held, result))
+    except LeaseLost as lost:
+        # Another worker owns the job now; we wrote nothing and must not touch it.
+        emit(ev.LEASE_LOST, job_id=lease.job_id, lease_token=lease.token, operation=lost.operation)
+        return "lease_lost"
+    except Shutdown:
+        # Warm shutdown: give the job back at once so another worker takes it without waiting.
+        if release(lease, reason="shutdown"):
+            publish_dispatch(lease.job_id)
+        return "released"
+    except INFRASTRUCTURE_ERRORS as error:
+        # The lease stays ours until it expires; the sweep then requeues the job.
+        emit(ev.DATABASE_UNAVAILABLE, operation="turn", job_id=lease.job_id, error=str(error)[:200])
+        return "database_unavailable"
+    except TimeLimitExceeded:
+        return _fail(lease, TurnError("time_limit", "the turn exceeded its time limit"))
+    except TurnError as error:
+        return _fail(lease, error)
+    except Exception as error:  # noqa: BLE001 - a bug in a turn must not lose the job
+        return _fail(lease, TurnError("turn_error", f"{type(error).__name__}: {error}"))
+    duration = time.monotonic() - started
+    TURN_SECONDS.observe(duration)
+    emit(
+        ev.JOB_COMPLETED,
+        job_id=lease.job_id,
+        conversation_id=lease.conversation_id,
+        status=result.status,
+        duration_ms=int(duration * 1000),
+    )
+    _after_finish(lease, written)
+    return result.status
+
+
+def _write_result(lease: Lease, result: TurnResult) -> WrittenReplies:
+    if result.write is not None:
+        result.write(lease)
+    return write_replies(lease.conversation_id, lease.job_id, result.replies, in_reply_to=lease.message_id)
+
+
+def _fail(lease: Lease, error: TurnError) -> str:
+    emit(
+        ev.TURN_ERROR,
+        job_id=lease.job_id,
+        conversation_id=lease.conversation_id,
+        error_reason=error.reason,
+        error=str(error)[:200],
+        retryable=error.retryable,
+    )
+    written = WrittenReplies()
+
+    def failure_reply(held: Lease) -> None:
+        nonlocal written
+        written = write_failure_reply(held.conversation_id, held.job_id, in_reply_to=held.message_id)
+
+    try:
+        outcome = fail(
+            lease, reason=error.reason, message=str(error), retry=error.retryable, on_final=failure_reply
+        )
+    except LeaseLost:
+        return "lease_lost"
+    except INFRASTRUCTURE_ERRORS as db_error:
+        emit(ev.DATABASE_UNAVAILABLE, operation="fail", job_id=lease.job_id, error=str(db_error)[:200])
+        return "database_unavailable"
+    if not outcome.final:
+        publish_dispatch(lease.job_id, delay_ms=outcome.delay_ms)
+        return "retry_scheduled"
+    _after_finish(lease, written)
+    return "failed"
+
+
+def _after_finish(lease: Lease, written: WrittenReplies | None) -> None:
+    """After commit: deliver the replies, and nudge the conversation's next job at once."""
+    if written is not None and written.outbound_ids:
+        publish_deliveries(written.outbound_ids)
+    next_job = next_pending_job(lease.conversation_id)
+    if next_job is not None:
+        publish_dispatch(next_job)

@@ -1,0 +1,83 @@
+"""The turn boundary the dispatch actor calls: :class:`TurnContext` in, :class:`TurnResult` out.
+
+The dispatch actor claims the lease, calls the configured turn (``AGENT_TURN``, by default
+:func:`run_turn` here) and completes the job with the result, token-fenced, in one transaction.
+A turn must call ``ctx.checkpoint(...)`` before each slow step (model call, tool call): once the
+lease is lost it raises :class:`~zenthor.queue.LeaseLost` and the turn writes nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from zenthor.models import Message
+from zenthor.queue import Lease
+
+
+@dataclass
+class TurnContext:
+    """What a turn knows about its job, and the lease it must keep checking."""
+
+    lease: Lease
+
+    @property
+    def job_id(self) -> int:
+        return self.lease.job_id
+
+    @property
+    def conversation_id(self) -> int:
+        return self.lease.conversation_id
+
+    @property
+    def message_id(self) -> int | None:
+        return self.lease.message_id
+
+    def checkpoint(self, name: str) -> None:
+        """Raise :class:`~zenthor.queue.LeaseLost` if the lease is gone."""
+        self.lease.check(name)
+
+
+@dataclass
+class TurnResult:
+    """The turn's outcome, written in the completing transaction.
+
+    ``replies`` become assistant messages with outbox rows; ``write`` (optional) adds more rows in
+    the same transaction (tool messages, an approval request); ``status`` is ``done`` or
+    ``awaiting_approval``.
+    """
+
+    replies: list[str] = field(default_factory=list)
+    status: str = "done"
+    write: Callable[[Lease], Any] | None = None
+
+
+class TurnError(Exception):
+    """A turn that could not finish; ``retryable`` says whether another attempt may help."""
+
+    def __init__(self, reason: str, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.retryable = retryable
+
+
+def run_turn(ctx: TurnContext) -> TurnResult:
+    """Placeholder turn: answer the user's message with an echo (the agent replaces it)."""
+    ctx.checkpoint("placeholder")
+    text = ""
+    if ctx.message_id is not None:
+        message = Message.get_or_none(Message.id == ctx.message_id)
+        text = message.content if message is not None else ""
+    return TurnResult(replies=[f"echo: {text}"])
+
+
+@lru_cache(maxsize=8)
+def load_turn(spec: str) -> Callable[[TurnContext], TurnResult]:
+    """Resolve ``module:function`` (the ``AGENT_TURN`` setting) to the turn function."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"AGENT_TURN must look like module:function, not {spec!r}")
+    return getattr(importlib.import_module(module_name), attr)

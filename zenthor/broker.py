@@ -1,0 +1,69 @@
+"""The RabbitMQ broker and its middleware, set before any actor is declared.
+
+Publishing uses publisher confirms (``confirm_delivery=True``): ``send`` returns only once
+RabbitMQ has the message, and raises when it refuses or is unreachable. The AMQP connection
+heartbeat is set in the URL so a dead peer is noticed even while an actor runs for minutes.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
+
+import dramatiq
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.middleware import (
+    AgeLimit,
+    Callbacks,
+    CurrentMessage,
+    Pipelines,
+    Retries,
+    ShutdownNotifications,
+    TimeLimit,
+)
+from periodiq import PeriodiqMiddleware
+
+from zenthor.encoding import GuardedJSONEncoder
+from zenthor.middleware.db_connection import DbConnection
+from zenthor.middleware.heartbeat import LeaseHeartbeat
+from zenthor.settings import settings_or_exit
+
+
+def with_heartbeat(url: str, heartbeat_s: int) -> str:
+    """Add ``heartbeat=`` to each AMQP URL that does not set one already."""
+    parts = []
+    for part in url.split(";"):
+        parsed = urlparse(part)
+        query = dict(parse_qsl(parsed.query))
+        query.setdefault("heartbeat", str(heartbeat_s))
+        query.setdefault("blocked_connection_timeout", "30")
+        parts.append(urlunparse(parsed._replace(query=urlencode(query))))
+    return ";".join(parts)
+
+
+def build_broker() -> tuple[RabbitmqBroker, LeaseHeartbeat]:
+    """A RabbitMQ broker with Dramatiq's default middleware, ours, and periodiq's."""
+    settings = settings_or_exit()
+    heartbeat = LeaseHeartbeat(interval_ms=settings.AGENT_JOB_HEARTBEAT_MS)
+    middleware = [
+        AgeLimit(),
+        TimeLimit(time_limit=settings.DISPATCH_TIME_LIMIT_MS),
+        ShutdownNotifications(),
+        Callbacks(),
+        CurrentMessage(),
+        Pipelines(),
+        Retries(max_retries=5, min_backoff=500, max_backoff=30_000),
+        DbConnection(),
+        heartbeat,
+        PeriodiqMiddleware(skip_delay=30),
+    ]
+    rabbit = RabbitmqBroker(
+        url=with_heartbeat(settings.RABBITMQ_URL, settings.RABBITMQ_HEARTBEAT_S),
+        confirm_delivery=True,
+        middleware=middleware,
+    )
+    return rabbit, heartbeat
+
+
+dramatiq.set_encoder(GuardedJSONEncoder())
+broker, lease_heartbeat = build_broker()
+dramatiq.set_broker(broker)

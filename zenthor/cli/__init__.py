@@ -1,0 +1,22 @@
+"""The ``zenthor`` command: migrations, operations, and the runtimes of the channels."""
+
+from __future__ import annotations
+
+import click
+
+from zenthor.cli.migrate import migrate_command
+from zenthor.cli.ops import ops
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Zenthor Assist: the crash-safe AI assistant runtime."""
+
+
+cli.add_command(migrate_command)
+cli.add_command(ops)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()

@@ -1,0 +1,61 @@
+"""``zenthor ops``: what an operator runs during an incident (see ops/runbook.md)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from zenthor.cli.common import bootstrap
+
+
+@click.group("ops")
+def ops() -> None:
+    """Inspect and repair the job queue."""
+
+
+@ops.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (for scripts).")
+def status(as_json: bool) -> None:
+    """Jobs per status, oldest pending age, expired leases, lease holders, last sweep."""
+    bootstrap("ops")
+    from zenthor.queue.stats import queue_snapshot
+
+    snapshot = queue_snapshot()
+    if as_json:
+        click.echo(json.dumps(snapshot, default=str, sort_keys=True))
+        return
+    jobs = snapshot["jobs"]
+    click.echo("jobs:        " + "  ".join(f"{k}={v}" for k, v in jobs.items()))
+    age = snapshot["oldest_pending_age_s"]
+    click.echo(f"oldest pending: {'-' if age is None else f'{age:.1f}s'}")
+    click.echo(f"expired leases: {snapshot['expired_leases']}   (the sweep requeues them)")
+    click.echo(f"processing conversations: {snapshot['processing_conversations']}")
+    if snapshot["conversations_with_two_processing"]:
+        click.echo(
+            f"!! conversations with two processing jobs: {snapshot['conversations_with_two_processing']}"
+        )
+    for holder in snapshot["lease_holders"]:
+        click.echo(f"  holder {holder['processor_id']}: {holder['processing']} processing")
+    click.echo("outbox:      " + ("  ".join(f"{k}={v}" for k, v in snapshot["outbox"].items()) or "empty"))
+    sweep = snapshot["last_sweep"]
+    if sweep is None or sweep["finished_at"] is None:
+        click.echo("last sweep:  never (is `periodiq zenthor.actors` running?)")
+    else:
+        click.echo(
+            f"last sweep:  {sweep['finished_at']} ({sweep['age_s']}s ago, {sweep['trigger']}) {sweep['result']}"
+        )
+
+
+@ops.command("requeue-stale")
+def requeue_stale_command() -> None:
+    """Take back expired leases now and re-publish their jobs (what the sweep does)."""
+    bootstrap("ops")
+    import zenthor.actors  # noqa: F401 - declares the actors on the broker
+    from zenthor.actors.sweep import sweep_leases
+
+    counts = sweep_leases()
+    click.echo(
+        f"requeued {counts['requeued']}, failed {counts['failed']} (last attempt), "
+        f"re-published {counts['republished']}"
+    )

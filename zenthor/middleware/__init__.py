@@ -1,0 +1,1 @@
+"""Dramatiq middleware of our own, one per module (heartbeat, database connections)."""

@@ -1,0 +1,105 @@
+"""Keep the leases of long-running turns alive, shaped like Dramatiq's TimeLimit middleware.
+
+One daemon thread per worker process extends every lease the process holds, every
+``AGENT_JOB_HEARTBEAT_MS``, in one statement. An actor registers its lease with :meth:`hold`
+right after claiming; the lease leaves the registry when the message is processed or skipped
+(Dramatiq calls ``after_skip_message`` instead of ``after_process_message``). A heartbeat that
+finds a lease gone marks it lost, so the turn stops at its next checkpoint and writes nothing.
+On warm shutdown the process releases what it still holds, so another worker takes it at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+
+from dramatiq.middleware import Middleware
+
+from zenthor.db import database
+from zenthor.observability import emit
+from zenthor.observability import events as ev
+from zenthor.queue import Lease, heartbeat, release
+
+_logger = logging.getLogger(__name__)
+
+
+class LeaseHeartbeat(Middleware):
+    """Extends the process's leases periodically; releases them on warm shutdown.
+
+    Parameters:
+      interval_ms: how often to extend the leases (``AGENT_JOB_HEARTBEAT_MS``).
+      on_released: called with each job id released at shutdown (re-publishes its dispatch).
+    """
+
+    def __init__(self, *, interval_ms: int, on_released: Callable[[int], None] | None = None) -> None:
+        self.interval_ms = interval_ms
+        self.on_released = on_released
+        self._leases: dict[int, Lease] = {}
+        self._mu = threading.RLock()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- the registry, used by actors ---------------------------------------------------------
+    def hold(self, lease: Lease) -> None:
+        """Keep ``lease`` alive until the current message is done."""
+        with self._mu:
+            self._leases[threading.get_ident()] = lease
+
+    def drop(self) -> Lease | None:
+        """Stop extending the current thread's lease (before it is completed or failed)."""
+        with self._mu:
+            return self._leases.pop(threading.get_ident(), None)
+
+    def held(self) -> list[Lease]:
+        """The leases this process holds now."""
+        with self._mu:
+            return list(self._leases.values())
+
+    # --- Dramatiq hooks -----------------------------------------------------------------------
+    def after_process_boot(self, broker) -> None:
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, name="zenthor-lease-heartbeat", daemon=True)
+        self._thread.start()
+
+    def after_process_message(self, broker, message, *, result=None, exception=None) -> None:
+        self.drop()
+
+    after_skip_message = after_process_message
+
+    def before_worker_shutdown(self, broker, worker) -> None:
+        self._stopping.set()
+        held = self.held()
+        emit(ev.WORKER_STOPPING, held_leases=len(held), pid=os.getpid())
+        self.release_all(reason="shutdown")
+
+    # --- work ---------------------------------------------------------------------------------
+    def beat(self) -> list[Lease]:
+        """Extend every held lease once; returns the leases found lost."""
+        return heartbeat(self.held())
+
+    def release_all(self, *, reason: str) -> list[int]:
+        """Give back every lease this process holds and re-publish their jobs."""
+        released = []
+        for lease in self.held():
+            try:
+                if release(lease, reason=reason):
+                    released.append(lease.job_id)
+            except Exception:  # noqa: BLE001 - the sweep takes the lease back when it expires
+                _logger.warning("could not release job %s at shutdown", lease.job_id, exc_info=True)
+        for job_id in released:
+            if self.on_released is not None:
+                self.on_released(job_id)
+        return released
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self.interval_ms / 1000):
+            try:
+                self.beat()
+            except Exception as error:  # noqa: BLE001 - keep beating; leases expire if the DB stays down
+                emit(ev.DATABASE_UNAVAILABLE, operation="heartbeat", job_id=None, error=str(error)[:200])
+                try:
+                    database.close()
+                except Exception:  # noqa: BLE001
+                    pass

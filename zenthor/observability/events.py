@@ -1,0 +1,150 @@
+"""The catalogue of typed operational events, and the one function that emits them.
+
+Every reliability transition is an :class:`Event`: a fixed name and a fixed set of fields, so
+dashboards and alerts can rely on them. :func:`emit` refuses a field the event does not declare
+(a programming error caught by the tests), logs one JSON line with ``event`` set to the name, and
+counts the event in the process's metrics. Message content never appears in an event.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from zenthor.observability.metrics import EVENTS_TOTAL
+
+_logger = logging.getLogger("zenthor.events")
+
+
+@dataclass(frozen=True)
+class Event:
+    """One kind of operational event: its name, its fields and its log level."""
+
+    name: str
+    fields: frozenset[str]
+    level: int = logging.INFO
+    description: str = ""
+
+
+CATALOGUE: dict[str, Event] = {}
+
+
+def event(name: str, *fields: str, level: int = logging.INFO, description: str = "") -> Event:
+    """Declare an event in the catalogue (names are unique)."""
+    if name in CATALOGUE:
+        raise ValueError(f"event {name!r} declared twice")
+    declared = Event(name, frozenset(fields), level, description)
+    CATALOGUE[name] = declared
+    return declared
+
+
+def emit(kind: Event, /, **fields: Any) -> None:
+    """Log ``kind`` with ``fields`` as one structured line and count it."""
+    unknown = set(fields) - kind.fields
+    if unknown:
+        raise ValueError(f"event {kind.name} has no field(s) {sorted(unknown)}")
+    EVENTS_TOTAL.labels(event=kind.name).inc()
+    if _logger.isEnabledFor(kind.level):
+        _logger.log(kind.level, kind.name, extra={"event": kind.name, **fields})
+
+
+# --- queue: agent_job leases --------------------------------------------------------------
+JOB_ENQUEUED = event("queue.job.enqueued", "job_id", "conversation_id", "kind")
+JOB_CLAIMED = event("queue.job.claimed", "job_id", "conversation_id", "attempt", "lease_token", "takeover")
+JOB_CLAIM_REFUSED = event(
+    "queue.job.claim_refused",
+    "job_id",
+    "reason",
+    level=logging.DEBUG,
+    description="a dispatch message named a job this worker may not take now",
+)
+JOB_HEARTBEAT = event("queue.job.heartbeat", "job_ids", "count", level=logging.DEBUG)
+JOB_COMPLETED = event("queue.job.completed", "job_id", "conversation_id", "status", "duration_ms")
+JOB_RETRY_SCHEDULED = event(
+    "queue.job.retry_scheduled",
+    "job_id",
+    "conversation_id",
+    "attempts",
+    "delay_ms",
+    "error_reason",
+    level=logging.WARNING,
+)
+JOB_FAILED = event(
+    "queue.job.failed",
+    "job_id",
+    "conversation_id",
+    "attempts",
+    "error_reason",
+    "error_message",
+    level=logging.ERROR,
+)
+JOB_REQUEUED = event(
+    "queue.job.requeued", "job_id", "conversation_id", "attempts", "reason", level=logging.WARNING
+)
+JOB_RELEASED = event("queue.job.released", "job_id", "conversation_id", "reason")
+JOB_REPUBLISHED = event("queue.job.republished", "job_id", "conversation_id", "reason")
+JOB_NOT_FOUND = event("queue.job.not_found", "job_id", level=logging.WARNING)
+LEASE_CONTENDED = event("queue.lease.contended", "job_id", "conversation_id", "holder", level=logging.DEBUG)
+LEASE_LOST = event("queue.lease.lost", "job_id", "lease_token", "operation", level=logging.WARNING)
+PUBLISH_FAILED = event("queue.publish.failed", "actor", "job_id", "error", level=logging.WARNING)
+DISPATCH_BAD_MESSAGE = event("queue.dispatch.bad_message", "message_id", "error", level=logging.ERROR)
+MESSAGE_UNDECODABLE = event(
+    "queue.message.undecodable",
+    "size",
+    "error",
+    level=logging.ERROR,
+    description="a broker message that is not a Dramatiq message; Dramatiq dead-letters it",
+)
+TURN_ERROR = event(
+    "agent.turn.error",
+    "job_id",
+    "conversation_id",
+    "error_reason",
+    "error",
+    "retryable",
+    level=logging.WARNING,
+)
+DATABASE_UNAVAILABLE = event(
+    "queue.database.unavailable", "operation", "job_id", "error", level=logging.ERROR
+)
+SWEEP_COMPLETED = event(
+    "queue.sweep.completed",
+    "trigger",
+    "requeued",
+    "failed",
+    "republished",
+    "expired_approvals",
+    "pruned_dedupe",
+    "duration_ms",
+)
+SWEEP_RECHECK_SCHEDULED = event("queue.sweep.recheck_scheduled", "delay_ms", level=logging.DEBUG)
+
+# --- ingress and delivery -----------------------------------------------------------------
+INBOUND_ACCEPTED = event(
+    "inbound.accepted",
+    "channel",
+    "account_id",
+    "conversation_id",
+    "message_id",
+    "job_id",
+    "provider_message_id",
+)
+INBOUND_DEDUPE_SKIPPED = event("inbound.dedupe_skipped", "channel", "account_id", "provider_message_id")
+INBOUND_IGNORED = event("inbound.ignored", "channel", "account_id", "sender_id", "reason")
+INBOUND_REJECTED = event("inbound.rejected", "channel", "account_id", "reason", level=logging.WARNING)
+OUTBOUND_SENT = event("outbound.sent", "outbound_id", "conversation_id", "channel", "account_id", "attempts")
+OUTBOUND_RETRY = event(
+    "outbound.retry_scheduled", "outbound_id", "attempts", "delay_ms", "error", level=logging.WARNING
+)
+OUTBOUND_FAILED = event("outbound.failed", "outbound_id", "attempts", "error", level=logging.ERROR)
+
+# --- channels -----------------------------------------------------------------------------
+CHANNEL_LEASE_ACQUIRED = event("channel.lease.acquired", "channel", "account_id", "owner_id")
+CHANNEL_LEASE_LOST = event("channel.lease.lost", "channel", "account_id", "owner_id", level=logging.WARNING)
+CHANNEL_LEASE_RELEASED = event("channel.lease.released", "channel", "account_id", "owner_id")
+
+# --- process lifecycle --------------------------------------------------------------------
+WORKER_STARTED = event("worker.started", "queues", "pid")
+WORKER_STOPPING = event("worker.stopping", "held_leases", "pid")
+CONFIG_WARNING = event("config.warning", "setting", "detail", level=logging.WARNING)

@@ -1,0 +1,41 @@
+"""Every lease statement (claim, heartbeat, complete, fail, release, sweep) and nothing else.
+
+This package is the only code that writes the lease columns of ``agent_job`` (and, with the
+outbox, of ``outbound_message``). It calls nothing above ``zenthor.db`` and the models.
+"""
+
+from zenthor.queue.jobs import (
+    ClaimRefused,
+    FailOutcome,
+    Lease,
+    LeaseLost,
+    StaleJob,
+    claim,
+    complete,
+    enqueue_job,
+    fail,
+    heartbeat,
+    next_pending_job,
+    release,
+    republish_candidates,
+    requeue_stale,
+    resume_job,
+)
+
+__all__ = [
+    "ClaimRefused",
+    "FailOutcome",
+    "Lease",
+    "LeaseLost",
+    "StaleJob",
+    "claim",
+    "complete",
+    "enqueue_job",
+    "fail",
+    "heartbeat",
+    "next_pending_job",
+    "release",
+    "republish_candidates",
+    "requeue_stale",
+    "resume_job",
+]

@@ -1,0 +1,519 @@
+"""Every lease statement on ``agent_job``: enqueue, claim, heartbeat, complete, fail, release,
+requeue of expired leases and re-publish candidates. Nothing else writes the lease columns.
+
+Each operation is one statement or one short transaction, and uses the database clock (``now()``)
+so workers on hosts with skewed clocks agree on when a lease expires.
+
+Fencing (I1): a claim hands out a fresh ``lease_token``; every later write names it and matches
+only ``status = 'processing' AND lease_token = <token>``. A stale token changes nothing and the
+call reports :class:`LeaseLost`.
+
+Order (I2): a claim refuses while an older job of the same conversation is still open, and the
+partial unique index ``agent_job_one_processing_per_conversation`` refuses a second processing job
+even when two claims race past that check.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar
+
+from peewee import IntegrityError
+from psycopg2.extras import Json
+
+from zenthor.db import database, execute
+from zenthor.observability import emit
+from zenthor.observability import events as ev
+
+T = TypeVar("T")
+
+# A lease counts as expired when locked_until has passed; a legacy row (no lease columns) counts
+# as expired once its newest timestamp is older than the legacy window.
+_EXPIRED = """(
+    (j.locked_until IS NOT NULL AND j.locked_until < now())
+ OR (j.locked_until IS NULL
+     AND coalesce(j.last_heartbeat_at, j.started_at, j.created_at)
+         < now() - %(legacy_ms)s * interval '1 millisecond')
+)"""
+
+_CLAIM = f"""
+UPDATE agent_job AS j
+   SET status = 'processing',
+       processor_id = %(worker)s,
+       lease_token = %(token)s::uuid,
+       locked_until = now() + %(lock_ms)s * interval '1 millisecond',
+       started_at = now(),
+       last_heartbeat_at = now(),
+       finished_at = NULL,
+       attempts = CASE WHEN j.status = 'processing' THEN j.attempts + 1 ELSE j.attempts END
+ WHERE j.id = %(job_id)s
+   AND (   (j.status = 'pending' AND j.available_at <= now())
+        OR (j.status = 'processing' AND j.attempts + 1 < j.max_attempts AND {_EXPIRED}))
+   AND NOT EXISTS (
+        SELECT 1 FROM agent_job AS older
+         WHERE older.conversation_id = j.conversation_id
+           AND older.id < j.id
+           AND older.status IN ('pending', 'processing', 'awaiting_approval'))
+RETURNING j.id, j.conversation_id, j.message_id, j.kind, j.payload, j.attempts, j.max_attempts,
+          j.locked_until,
+          (SELECT prev.status FROM agent_job AS prev WHERE prev.id = j.id) AS previous_status
+"""
+
+_WHY_REFUSED = f"""
+SELECT j.status, j.available_at <= now() AS available, {_EXPIRED} AS expired,
+       j.attempts + 1 < j.max_attempts AS attempts_left, j.processor_id, j.conversation_id,
+       EXISTS (SELECT 1 FROM agent_job AS older
+                WHERE older.conversation_id = j.conversation_id AND older.id < j.id
+                  AND older.status IN ('pending', 'processing', 'awaiting_approval')) AS older_open
+  FROM agent_job AS j WHERE j.id = %(job_id)s
+"""
+
+_HEARTBEAT = """
+UPDATE agent_job AS j
+   SET locked_until = now() + %s * interval '1 millisecond', last_heartbeat_at = now()
+  FROM (SELECT unnest(%s::bigint[]) AS id, unnest(%s::uuid[]) AS token) AS held
+ WHERE j.id = held.id AND j.lease_token = held.token AND j.status = 'processing'
+RETURNING j.id
+"""
+
+_FENCE = "j.id = %(job_id)s AND j.lease_token = %(token)s::uuid AND j.status = 'processing'"
+
+_COMPLETE = f"""
+UPDATE agent_job AS j
+   SET status = %(status)s, finished_at = CASE WHEN %(status)s = 'done' THEN now() END,
+       locked_until = NULL, error_reason = NULL, error_message = NULL
+ WHERE {_FENCE}
+RETURNING j.id
+"""
+
+_RETRY = f"""
+UPDATE agent_job AS j
+   SET status = 'pending', attempts = j.attempts + 1, locked_until = NULL, lease_token = NULL,
+       available_at = now() + %(delay_ms)s * interval '1 millisecond',
+       error_reason = %(reason)s, error_message = %(message)s
+ WHERE {_FENCE} AND j.attempts + 1 < j.max_attempts
+RETURNING j.attempts
+"""
+
+_FAIL = f"""
+UPDATE agent_job AS j
+   SET status = 'failed', attempts = j.attempts + 1, locked_until = NULL, finished_at = now(),
+       error_reason = %(reason)s, error_message = %(message)s
+ WHERE {_FENCE}
+RETURNING j.attempts
+"""
+
+_RELEASE = f"""
+UPDATE agent_job AS j
+   SET status = 'pending', locked_until = NULL, lease_token = NULL, available_at = now()
+ WHERE {_FENCE}
+RETURNING j.id
+"""
+
+_REQUEUE_STALE = f"""
+WITH stale AS (
+    SELECT j.id FROM agent_job AS j
+     WHERE j.status = 'processing' AND {_EXPIRED}
+     ORDER BY j.id
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE agent_job AS j
+   SET status = CASE WHEN j.attempts + 1 >= j.max_attempts THEN 'failed' ELSE 'pending' END,
+       attempts = j.attempts + 1,
+       available_at = now(),
+       locked_until = NULL,
+       lease_token = NULL,
+       finished_at = CASE WHEN j.attempts + 1 >= j.max_attempts THEN now() END,
+       error_reason = 'stale_lease',
+       error_message = 'lease of ' || coalesce(j.processor_id, 'an unknown worker') || ' expired'
+  FROM stale
+ WHERE j.id = stale.id
+RETURNING j.id, j.conversation_id, j.status, j.attempts, j.message_id
+"""
+
+# The head of each conversation's line that nobody claimed within the grace period: a lost or
+# refused publish. Its available_at moves to now so it is re-published once per grace period.
+_REPUBLISH_CANDIDATES = """
+WITH heads AS (
+    SELECT j.id FROM agent_job AS j
+     WHERE j.status = 'pending'
+       AND j.available_at < now() - %(grace_ms)s * interval '1 millisecond'
+       AND NOT EXISTS (
+            SELECT 1 FROM agent_job AS older
+             WHERE older.conversation_id = j.conversation_id AND older.id < j.id
+               AND older.status IN ('pending', 'processing', 'awaiting_approval'))
+     ORDER BY j.available_at
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE agent_job AS j SET available_at = now()
+  FROM heads WHERE j.id = heads.id
+RETURNING j.id, j.conversation_id
+"""
+
+_RESUME = """
+UPDATE agent_job AS j
+   SET status = 'pending', kind = 'resume', payload = %(payload)s, attempts = 0,
+       available_at = now(), locked_until = NULL, lease_token = NULL, finished_at = NULL,
+       error_reason = NULL, error_message = NULL
+ WHERE j.id = %(job_id)s AND j.status = 'awaiting_approval'
+RETURNING j.id, j.conversation_id
+"""
+
+_NEXT_OPEN = """
+SELECT j.id, j.status FROM agent_job AS j
+ WHERE j.conversation_id = %s AND j.status IN ('pending', 'awaiting_approval')
+ ORDER BY j.id LIMIT 1
+"""
+
+
+class LeaseLost(Exception):
+    """The lease was taken back (expired and requeued, or claimed by another worker)."""
+
+    def __init__(self, job_id: int, operation: str) -> None:
+        super().__init__(f"lease on job {job_id} lost during {operation}")
+        self.job_id = job_id
+        self.operation = operation
+
+
+@dataclass
+class Lease:
+    """A claimed job: what a worker holds and must name in every write about the job."""
+
+    job_id: int
+    conversation_id: int
+    message_id: int | None
+    kind: str
+    payload: Any
+    token: str
+    worker_id: str
+    attempt: int  # 1-based number of this attempt
+    max_attempts: int
+    locked_until: datetime
+    takeover: bool = False
+    # Set when the holder starts to complete, fail or release: a heartbeat racing with that
+    # write must not report the lease as lost.
+    finishing: bool = False
+    _lost: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
+
+    @property
+    def lost(self) -> bool:
+        """True once a heartbeat or write found the lease gone."""
+        return self._lost.is_set()
+
+    def mark_lost(self, operation: str) -> None:
+        """Record that the lease is gone; the turn stops at its next checkpoint."""
+        if not self._lost.is_set():
+            self._lost.set()
+            emit(ev.LEASE_LOST, job_id=self.job_id, lease_token=self.token, operation=operation)
+
+    def check(self, checkpoint: str = "checkpoint") -> None:
+        """Raise :class:`LeaseLost` if the lease is gone (call before each model or tool call)."""
+        if self._lost.is_set():
+            raise LeaseLost(self.job_id, checkpoint)
+
+    @property
+    def is_last_attempt(self) -> bool:
+        """True when a failure now fails the job for good."""
+        return self.attempt >= self.max_attempts
+
+
+@dataclass(frozen=True)
+class ClaimRefused:
+    """Why a claim did not take the job (nothing was written)."""
+
+    job_id: int
+    reason: str  # not_found | finished | not_yet_available | held | conversation_busy | attempts_exhausted
+    holder: str | None = None
+    conversation_id: int | None = None
+
+
+@dataclass(frozen=True)
+class FailOutcome:
+    """What :func:`fail` did: scheduled a retry after ``delay_ms``, or failed the job for good."""
+
+    final: bool
+    attempts: int
+    delay_ms: int = 0
+
+
+@dataclass(frozen=True)
+class StaleJob:
+    """A job whose lease expired and that :func:`requeue_stale` took back."""
+
+    job_id: int
+    conversation_id: int
+    status: str  # pending (will be retried) or failed (its last attempt)
+    attempts: int
+    message_id: int | None
+
+
+def _settings():
+    from zenthor.settings import get_settings
+
+    return get_settings()
+
+
+def enqueue_job(
+    conversation_id: int,
+    message_id: int | None,
+    *,
+    kind: str = "turn",
+    payload: Any = None,
+    max_attempts: int | None = None,
+) -> int:
+    """Insert a pending job (inside the caller's transaction); the caller publishes after commit."""
+    rows = execute(
+        "INSERT INTO agent_job (conversation_id, message_id, kind, payload, max_attempts) "
+        "VALUES (%s, %s, %s, %s, %s) RETURNING id",
+        (
+            conversation_id,
+            message_id,
+            kind,
+            Json(payload) if payload is not None else None,
+            max_attempts or _settings().AGENT_JOB_MAX_ATTEMPTS,
+        ),
+    )
+    job_id = rows[0][0]
+    emit(ev.JOB_ENQUEUED, job_id=job_id, conversation_id=conversation_id, kind=kind)
+    return job_id
+
+
+def claim(job_id: int, worker_id: str, *, lock_ms: int | None = None) -> Lease | ClaimRefused:
+    """Take job ``job_id`` for ``worker_id`` with a new lease token, or say why not.
+
+    Atomic: of any number of concurrent claims at most one returns a :class:`Lease`. Takes over
+    an expired lease (counting the lost attempt); refuses a live lease, a job not yet available,
+    and a job with an older open job in its conversation (FIFO).
+    """
+    settings = _settings()
+    params = {
+        "job_id": job_id,
+        "worker": worker_id,
+        "token": str(uuid.uuid4()),
+        "lock_ms": lock_ms or settings.AGENT_JOB_LOCK_MS,
+        "legacy_ms": settings.AGENT_JOB_LEGACY_WINDOW_MS,
+    }
+    try:
+        rows = execute(_CLAIM, params)
+    except IntegrityError:
+        # Another job of this conversation became processing between our check and our write:
+        # the partial unique index refused us (I2).
+        return ClaimRefused(job_id, "conversation_busy")
+    if not rows:
+        return _why_refused(params)
+    row = rows[0]
+    lease = Lease(
+        job_id=row[0],
+        conversation_id=row[1],
+        message_id=row[2],
+        kind=row[3],
+        payload=row[4],
+        token=params["token"],
+        worker_id=worker_id,
+        attempt=row[5] + 1,
+        max_attempts=row[6],
+        locked_until=row[7],
+        takeover=row[8] == "processing",
+    )
+    emit(
+        ev.JOB_CLAIMED,
+        job_id=lease.job_id,
+        conversation_id=lease.conversation_id,
+        attempt=lease.attempt,
+        lease_token=lease.token,
+        takeover=lease.takeover,
+    )
+    return lease
+
+
+def _why_refused(params: dict[str, Any]) -> ClaimRefused:
+    rows = execute(_WHY_REFUSED, params)
+    job_id = params["job_id"]
+    if not rows:
+        return ClaimRefused(job_id, "not_found")
+    status, available, expired, attempts_left, holder, conversation_id, older_open = rows[0]
+    if status in ("done", "failed", "awaiting_approval"):
+        reason = "finished" if status != "awaiting_approval" else "awaiting_approval"
+    elif status == "processing" and not expired:
+        reason = "held"
+        emit(ev.LEASE_CONTENDED, job_id=job_id, conversation_id=conversation_id, holder=holder)
+    elif status == "processing" and not attempts_left:
+        reason = "attempts_exhausted"
+    elif older_open:
+        reason = "conversation_busy"
+    elif status == "pending" and not available:
+        reason = "not_yet_available"
+    else:
+        reason = "conversation_busy"  # lost a race that the snapshot no longer shows
+    return ClaimRefused(job_id, reason, holder=holder, conversation_id=conversation_id)
+
+
+def heartbeat(leases: Iterable[Lease], *, lock_ms: int | None = None) -> list[Lease]:
+    """Extend every lease in ``leases`` in one statement; returns (and marks) the ones lost."""
+    held = [lease for lease in leases if not lease.lost]
+    if not held:
+        return []
+    rows = execute(
+        _HEARTBEAT,
+        (
+            lock_ms or _settings().AGENT_JOB_LOCK_MS,
+            [lease.job_id for lease in held],
+            [lease.token for lease in held],
+        ),
+    )
+    alive = {row[0] for row in rows}
+    lost = [lease for lease in held if lease.job_id not in alive and not lease.finishing]
+    for lease in lost:
+        lease.mark_lost("heartbeat")
+    if alive:
+        emit(ev.JOB_HEARTBEAT, job_ids=sorted(alive), count=len(alive))
+    return lost
+
+
+def complete(lease: Lease, *, status: str = "done", write: Callable[[Lease], T] | None = None) -> T | None:
+    """Finish the job and run ``write`` (the turn's messages and outbox rows) in one transaction.
+
+    ``status`` is ``done`` or ``awaiting_approval`` (the turn waits for the user; the lease ends
+    either way). Raises :class:`LeaseLost`, writing nothing, when the token is stale.
+    """
+    if status not in ("done", "awaiting_approval"):
+        raise ValueError(f"complete() takes status done or awaiting_approval, not {status!r}")
+    lease.check("complete")
+    lease.finishing = True
+    with database.atomic():
+        # The fenced update comes first: it locks the row, so a concurrent takeover waits for us
+        # and then finds the job finished.
+        if not execute(_COMPLETE, {"job_id": lease.job_id, "token": lease.token, "status": status}):
+            lease.mark_lost("complete")
+            raise LeaseLost(lease.job_id, "complete")
+        result = write(lease) if write is not None else None
+    return result
+
+
+def retry_delay_ms(attempts: int) -> int:
+    """Exponential backoff with jitter for the ``attempts``-th failed attempt."""
+    settings = _settings()
+    base = settings.AGENT_JOB_RETRY_BASE_MS * (2 ** max(attempts - 1, 0))
+    return int(min(base, settings.AGENT_JOB_RETRY_MAX_MS) * random.uniform(0.8, 1.2))
+
+
+def fail(
+    lease: Lease,
+    *,
+    reason: str,
+    message: str,
+    retry: bool = True,
+    on_final: Callable[[Lease], Any] | None = None,
+) -> FailOutcome:
+    """End this attempt: schedule a retry through ``available_at``, or fail the job for good.
+
+    With ``retry=False`` or on the last attempt the job becomes ``failed`` and ``on_final`` (the
+    user's failure reply) runs in the same transaction. Raises :class:`LeaseLost` when stale.
+    """
+    params = {"job_id": lease.job_id, "token": lease.token, "reason": reason, "message": message[:2000]}
+    lease.finishing = True
+    with database.atomic():
+        if retry and not lease.is_last_attempt:
+            params["delay_ms"] = retry_delay_ms(lease.attempt)
+            rows = execute(_RETRY, params)
+            if rows:
+                emit(
+                    ev.JOB_RETRY_SCHEDULED,
+                    job_id=lease.job_id,
+                    conversation_id=lease.conversation_id,
+                    attempts=rows[0][0],
+                    delay_ms=params["delay_ms"],
+                    error_reason=reason,
+                )
+                return FailOutcome(final=False, attempts=rows[0][0], delay_ms=params["delay_ms"])
+        rows = execute(_FAIL, params)
+        if not rows:
+            lease.mark_lost("fail")
+            raise LeaseLost(lease.job_id, "fail")
+        if on_final is not None:
+            on_final(lease)
+    emit(
+        ev.JOB_FAILED,
+        job_id=lease.job_id,
+        conversation_id=lease.conversation_id,
+        attempts=rows[0][0],
+        error_reason=reason,
+        error_message=message[:200],
+    )
+    return FailOutcome(final=True, attempts=rows[0][0])
+
+
+def release(lease: Lease, *, reason: str) -> bool:
+    """Give the job back at once (warm shutdown), without counting an attempt."""
+    if lease.lost:
+        return False
+    lease.finishing = True
+    released = bool(execute(_RELEASE, {"job_id": lease.job_id, "token": lease.token}))
+    if released:
+        lease.mark_lost("release")  # this process no longer owns it; any later write must fail
+        emit(ev.JOB_RELEASED, job_id=lease.job_id, conversation_id=lease.conversation_id, reason=reason)
+    return released
+
+
+def requeue_stale(*, limit: int = 500, on_failed: Callable[[StaleJob], Any] | None = None) -> list[StaleJob]:
+    """Take back jobs whose lease expired: pending again with attempts + 1, or ``failed`` with
+    reason ``stale_lease`` after the last attempt (``on_failed`` runs in the same transaction).
+    """
+    params = {"limit": limit, "legacy_ms": _settings().AGENT_JOB_LEGACY_WINDOW_MS}
+    with database.atomic():
+        stale = [StaleJob(*row) for row in execute(_REQUEUE_STALE, params)]
+        for job in stale:
+            if job.status == "failed" and on_failed is not None:
+                on_failed(job)
+    for job in stale:
+        if job.status == "failed":
+            emit(
+                ev.JOB_FAILED,
+                job_id=job.job_id,
+                conversation_id=job.conversation_id,
+                attempts=job.attempts,
+                error_reason="stale_lease",
+                error_message="lease expired on the last attempt",
+            )
+        else:
+            emit(
+                ev.JOB_REQUEUED,
+                job_id=job.job_id,
+                conversation_id=job.conversation_id,
+                attempts=job.attempts,
+                reason="stale_lease",
+            )
+    return stale
+
+
+def resume_job(job_id: int, payload: Any) -> bool:
+    """Put a job that waits for the user's answer back in line as a ``resume`` (caller's
+    transaction; publish after commit). It keeps its place: messages that arrived while it
+    waited stay behind it. False when the job is not awaiting approval (already resumed).
+    """
+    rows = execute(_RESUME, {"job_id": job_id, "payload": Json(payload)})
+    if rows:
+        emit(ev.JOB_ENQUEUED, job_id=rows[0][0], conversation_id=rows[0][1], kind="resume")
+    return bool(rows)
+
+
+def republish_candidates(*, grace_ms: int | None = None, limit: int = 1000) -> list[tuple[int, int]]:
+    """Pending heads of line nobody claimed within the grace period, as (job_id, conversation_id)."""
+    grace = _settings().DISPATCH_REPUBLISH_GRACE_MS if grace_ms is None else grace_ms
+    return [(row[0], row[1]) for row in execute(_REPUBLISH_CANDIDATES, {"grace_ms": grace, "limit": limit})]
+
+
+def next_pending_job(conversation_id: int) -> int | None:
+    """The conversation's next job to nudge: its oldest open job, if that one is pending.
+
+    A job awaiting approval holds the line, so nothing behind it is nudged until it resolves.
+    """
+    rows = execute(_NEXT_OPEN, (conversation_id,))
+    return rows[0][0] if rows and rows[0][1] == "pending" else None

@@ -1,0 +1,187 @@
+"""One typed settings object, read from the environment and an optional ``.env`` file.
+
+A missing or malformed setting stops the process at start with one line naming the variable
+(:func:`get_settings` raises :class:`SettingsError`; entry points turn it into ``SystemExit``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from functools import lru_cache
+from typing import Literal
+from urllib.parse import urlparse
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(Exception):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+class Settings(BaseSettings):
+    """Every knob of the runtime; names match the environment variables in DESIGN.md."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # --- infrastructure -------------------------------------------------------------------
+    DATABASE_URL: str = "postgresql://postgres@127.0.0.1:5432/zenthor"
+    DATABASE_POOL_SIZE: int = Field(default=20, ge=1)
+    RABBITMQ_URL: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    # AMQP connection heartbeat (seconds), added to RABBITMQ_URL when the URL does not set one.
+    RABBITMQ_HEARTBEAT_S: int = Field(default=30, ge=0)
+    # Names the lease holder; unset means <hostname>-<pid>, computed in each process (see worker_id()).
+    WORKER_ID: str | None = None
+
+    # --- the job queue (issue: queue) ------------------------------------------------------
+    AGENT_JOB_LOCK_MS: int = Field(default=60_000, ge=500)
+    AGENT_JOB_HEARTBEAT_MS: int = Field(default=15_000, ge=100)
+    AGENT_JOB_MAX_ATTEMPTS: int = Field(default=3, ge=1)
+    # Retry backoff after a failed attempt: base * 2**(attempt-1), capped, with jitter.
+    AGENT_JOB_RETRY_BASE_MS: int = Field(default=2_000, ge=0)
+    AGENT_JOB_RETRY_MAX_MS: int = Field(default=300_000, ge=0)
+    # A row without lease fields (written by an older version) is treated as stale after this.
+    AGENT_JOB_LEGACY_WINDOW_MS: int = Field(default=600_000, ge=0)
+    # A pending job nobody claimed for this long gets its dispatch message re-published.
+    DISPATCH_REPUBLISH_GRACE_MS: int = Field(default=30_000, ge=0)
+    # The dispatch actor's Dramatiq time limit; stays below RabbitMQ's consumer_timeout (1 h).
+    DISPATCH_TIME_LIMIT_MS: int = Field(default=900_000, ge=1_000)
+    # Sub-minute sweep re-checks between periodiq's one-minute ticks (crash recovery latency).
+    SWEEP_RECHECK_MS: int = Field(default=10_000, ge=200)
+    # The turn implementation the dispatch actor runs ("module:function").
+    AGENT_TURN: str = "zenthor.agent.turn:run_turn"
+
+    # --- ingress and delivery -------------------------------------------------------------
+    INBOUND_DEDUPE_TTL_S: int = Field(default=7 * 24 * 3600, ge=60)
+    OUTBOUND_MAX_ATTEMPTS: int = Field(default=8, ge=1)
+    OUTBOUND_LOCK_MS: int = Field(default=30_000, ge=500)
+
+    # --- the model ------------------------------------------------------------------------
+    AI_BASE_URL: str | None = None
+    AI_API_KEY: str | None = None
+    AI_MODEL: str | None = None
+    AI_FALLBACK_MODEL: str | None = None
+    AI_CONTEXT_WINDOW: int = Field(default=32_000, ge=256)
+    AI_TIMEOUT_S: float = Field(default=60.0, gt=0)
+    AI_SYSTEM_PROMPT: str | None = None
+    APPROVAL_TTL_S: int = Field(default=600, ge=1)
+
+    # --- plugins --------------------------------------------------------------------------
+    PLUGINS_CONFIG: str = "config/plugins.toml"
+    PLUGINS_PATH: str = ""
+
+    # --- channels -------------------------------------------------------------------------
+    WHATSAPP_AUTH_MODE: Literal["local", "postgres"] = "local"
+    WHATSAPP_ACCOUNT_ID: str = "default"
+    WHATSAPP_LEASE_TTL_MS: int = Field(default=45_000, ge=1_000)
+    WHATSAPP_HEARTBEAT_MS: int = Field(default=15_000, ge=100)
+    WHATSAPP_CONTACT_POLICY: Literal["open", "allowlist", "disabled"] = "allowlist"
+    WHATSAPP_ALLOW_FROM: str = ""
+    WEBHOOK_SECRET: str | None = None
+    WEBHOOK_CALLBACK_URL: str | None = None
+    WEBHOOK_CONTACT_POLICY: Literal["open", "allowlist", "disabled"] = "open"
+    WEBHOOK_ALLOW_FROM: str = ""
+    GATEWAY_HOST: str = "127.0.0.1"
+    GATEWAY_PORT: int = Field(default=8080, ge=1, le=65535)
+
+    # --- observability --------------------------------------------------------------------
+    LOG_FORMAT: Literal["json", "console"] = "json"
+    LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    LOG_MESSAGE_CONTENT: bool = False
+    SERVICE_NAME: str = "zenthor"
+
+    @field_validator("DATABASE_URL")
+    @classmethod
+    def _postgres_url(cls, value: str) -> str:
+        parsed = urlparse(value)
+        if parsed.scheme not in ("postgres", "postgresql") or not parsed.path.strip("/"):
+            raise ValueError("must look like postgresql://user@host:5432/dbname")
+        return value
+
+    @field_validator("RABBITMQ_URL")
+    @classmethod
+    def _amqp_url(cls, value: str) -> str:
+        for part in value.split(";"):
+            if urlparse(part).scheme not in ("amqp", "amqps"):
+                raise ValueError("must look like amqp://user:pass@host:5672/vhost")
+        return value
+
+    @field_validator("LOG_LEVEL", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _heartbeat_below_lease(self) -> Settings:
+        if self.AGENT_JOB_HEARTBEAT_MS * 2 > self.AGENT_JOB_LOCK_MS:
+            raise ValueError(
+                "AGENT_JOB_HEARTBEAT_MS must be at most half of AGENT_JOB_LOCK_MS "
+                f"(got {self.AGENT_JOB_HEARTBEAT_MS} and {self.AGENT_JOB_LOCK_MS})"
+            )
+        if self.WHATSAPP_HEARTBEAT_MS * 2 > self.WHATSAPP_LEASE_TTL_MS:
+            raise ValueError("WHATSAPP_HEARTBEAT_MS must be at most half of WHATSAPP_LEASE_TTL_MS")
+        return self
+
+    @property
+    def ai_configured(self) -> bool:
+        """True when a model endpoint and model name are set."""
+        return bool(self.AI_BASE_URL and self.AI_MODEL)
+
+    def require(self, *names: str) -> None:
+        """Raise :class:`SettingsError` naming the first of ``names`` that is unset."""
+        for name in names:
+            if getattr(self, name) in (None, ""):
+                raise SettingsError(f"missing setting {name}: set it in the environment or .env")
+
+
+def worker_id() -> str:
+    """This process's lease-holder name: ``WORKER_ID`` if set, else ``<hostname>-<pid>``.
+
+    Computed per call so forked worker processes never share their parent's id.
+    """
+    pid = os.getpid()
+    cached = _worker_ids.get(pid)
+    if cached is None:
+        cached = get_settings().WORKER_ID or f"{socket.gethostname()}-{pid}"
+        _worker_ids[pid] = cached
+    return cached
+
+
+_worker_ids: dict[int, str] = {}
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    name = ".".join(str(p) for p in first.get("loc", ())) or "settings"
+    message = first.get("msg", "invalid value").removeprefix("Value error, ")
+    if "input" in first and name != "settings" and first.get("type") != "missing":
+        return f"invalid setting {name}: {message} (got {first['input']!r})"
+    if first.get("type") == "missing":
+        return f"missing setting {name}"
+    return f"invalid setting {name}: {message}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings; raises :class:`SettingsError` naming a bad variable."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        raise SettingsError(_describe(error)) from None
+
+
+def settings_or_exit() -> Settings:
+    """Settings for an entry point: on a bad setting print one line and exit with status 2."""
+    try:
+        return get_settings()
+    except SettingsError as error:
+        sys.stderr.write(f"zenthor: {error}\n")
+        raise SystemExit(2) from None
+
+
+def reset_settings_cache() -> None:
+    """Forget the cached settings (tests change the environment between cases)."""
+    get_settings.cache_clear()
+    _worker_ids.clear()
