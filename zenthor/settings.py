@@ -57,6 +57,15 @@ class Settings(BaseSettings):
     INBOUND_DEDUPE_TTL_S: int = Field(default=7 * 24 * 3600, ge=60)
     OUTBOUND_MAX_ATTEMPTS: int = Field(default=8, ge=1)
     OUTBOUND_LOCK_MS: int = Field(default=30_000, ge=500)
+    # Delivery retry backoff: base * 2**(attempt-1), capped, with jitter (issue: ingress).
+    OUTBOUND_RETRY_BASE_MS: int = Field(default=1_000, ge=0)
+    OUTBOUND_RETRY_MAX_MS: int = Field(default=300_000, ge=0)
+    # A pending outbox row nobody picked up for this long gets its delivery re-published.
+    OUTBOUND_REPUBLISH_GRACE_MS: int = Field(default=30_000, ge=0)
+    # Timeout of one webhook callback POST.
+    WEBHOOK_TIMEOUT_S: float = Field(default=10.0, gt=0)
+    # /healthz answers 503 when the last sweep finished longer ago than this.
+    HEALTH_SWEEP_MAX_AGE_S: int = Field(default=180, ge=1)
 
     # --- the model ------------------------------------------------------------------------
     AI_BASE_URL: str | None = None

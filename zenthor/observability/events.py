@@ -148,3 +148,23 @@ CHANNEL_LEASE_RELEASED = event("channel.lease.released", "channel", "account_id"
 WORKER_STARTED = event("worker.started", "queues", "pid")
 WORKER_STOPPING = event("worker.stopping", "held_leases", "pid")
 CONFIG_WARNING = event("config.warning", "setting", "detail", level=logging.WARNING)
+
+# --- ingress, outbox delivery, gateway (issue 3) --------------------------------------------
+INBOUND_ANSWERED = event(
+    "inbound.answered",
+    "channel",
+    "account_id",
+    "conversation_id",
+    "message_id",
+    "job_id",
+    "reason",
+    description="an inbound was taken as the answer to a pending question, not a new turn",
+)
+INBOUND_DEDUPE_PRUNED = event("inbound.dedupe_pruned", "count", "ttl_s")
+OUTBOUND_CLAIM_REFUSED = event("outbound.claim_refused", "outbound_id", "reason", level=logging.DEBUG)
+OUTBOUND_REQUEUED = event("outbound.requeued", "outbound_id", "attempts", "reason", level=logging.WARNING)
+OUTBOUND_REPUBLISHED = event("outbound.republished", "outbound_id", "reason")
+OUTBOUND_NO_SENDER = event("outbound.no_sender", "outbound_id", "channel", level=logging.ERROR)
+GATEWAY_REQUEST_REJECTED = event(
+    "gateway.request.rejected", "account_id", "status", "reason", level=logging.INFO
+)
