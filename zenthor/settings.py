@@ -76,6 +76,12 @@ class Settings(BaseSettings):
     AI_TIMEOUT_S: float = Field(default=60.0, gt=0)
     AI_SYSTEM_PROMPT: str | None = None
     APPROVAL_TTL_S: int = Field(default=600, ge=1)
+    # Calls per model before the fallback (rate limit, timeout, 5xx), and their backoff.
+    AI_RETRY_ATTEMPTS: int = Field(default=3, ge=1)
+    AI_RETRY_BASE_MS: int = Field(default=500, ge=0)
+    AI_RETRY_MAX_MS: int = Field(default=20_000, ge=0)
+    AI_MAX_STEPS: int = Field(default=10, ge=1, le=50)
+    AI_TOOL_TIMEOUT_S: float = Field(default=20.0, gt=0)
 
     # --- plugins --------------------------------------------------------------------------
     PLUGINS_CONFIG: str = "config/plugins.toml"
