@@ -168,3 +168,60 @@ OUTBOUND_NO_SENDER = event("outbound.no_sender", "outbound_id", "channel", level
 GATEWAY_REQUEST_REJECTED = event(
     "gateway.request.rejected", "account_id", "status", "reason", level=logging.INFO
 )
+
+# --- agent turn: model, context, tools, approvals (issue 5) -------------------------------
+MODEL_CALL_FAILED = event(
+    "agent.model.call_failed",
+    "job_id",
+    "model",
+    "error_kind",
+    "status_code",
+    "attempt",
+    "retry_in_ms",
+    level=logging.WARNING,
+    description="one model call failed; retry_in_ms is None when this model is given up",
+)
+MODEL_FALLBACK = event(
+    "agent.model.fallback", "job_id", "from_model", "to_model", "error_kind", level=logging.WARNING
+)
+MODEL_ACCESS_DENIED = event(
+    "agent.model.access_denied",
+    "job_id",
+    "model",
+    "error_kind",
+    "status_code",
+    level=logging.ERROR,
+    description="auth or billing error: the operator must fix the API key or the account (alert)",
+)
+CONTEXT_COMPACTED = event(
+    "agent.context.compacted",
+    "job_id",
+    "conversation_id",
+    "mode",
+    "dropped_messages",
+    "kept_messages",
+    "estimated_tokens",
+    "window",
+    description="older messages left the model context: mode summarized or dropped",
+)
+TOOL_CALLED = event("agent.tool.called", "job_id", "tool", "ok", "duration_ms", "error")
+TOOL_CALL_REFUSED = event(
+    "agent.tool.call_refused",
+    "job_id",
+    "tool",
+    "reason",
+    level=logging.WARNING,
+    description="the model asked for an unknown tool or gave invalid arguments; told the model",
+)
+TURN_STEP_LIMIT = event("agent.turn.step_limit", "job_id", "steps", level=logging.WARNING)
+APPROVAL_REQUESTED = event(
+    "agent.approval.requested", "job_id", "conversation_id", "approval_id", "tool", "expires_in_s"
+)
+APPROVAL_RESOLVED = event("agent.approval.resolved", "job_id", "conversation_id", "approval_id", "decision")
+ECHO_RESPONDER = event(
+    "agent.echo.replied",
+    "job_id",
+    "conversation_id",
+    level=logging.DEBUG,
+    description="no model configured: the echo responder answered",
+)
