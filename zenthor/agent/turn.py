@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from zenthor.models import Message
 from zenthor.queue import Lease
 
 
@@ -65,13 +64,48 @@ class TurnError(Exception):
 
 
 def run_turn(ctx: TurnContext) -> TurnResult:
-    """Placeholder turn: answer the user's message with an echo (the agent replaces it)."""
-    ctx.checkpoint("placeholder")
-    text = ""
-    if ctx.message_id is not None:
-        message = Message.get_or_none(Message.id == ctx.message_id)
-        text = message.content if message is not None else ""
-    return TurnResult(replies=[f"echo: {text}"])
+    """The assistant's turn: the model, the tools, approvals; the echo responder without a model.
+
+    Raises :class:`TurnError` when the model cannot answer: retryable for rate limits, timeouts,
+    server and format errors (the job's next attempt may succeed), not for auth and billing.
+    """
+    from zenthor.agent.echo import echo_reply
+    from zenthor.agent.errors import ModelError
+    from zenthor.agent.loop import AgentLoop, TurnSettings, store_outcome
+    from zenthor.agent.model_client import ModelClient, ModelConfig
+    from zenthor.agent.toolbox import get_registry
+    from zenthor.settings import get_settings
+
+    settings = get_settings()
+    ctx.checkpoint("turn_start")
+    if not settings.ai_configured:
+        return TurnResult(replies=[echo_reply(ctx)])
+    loop = AgentLoop(
+        ctx,
+        client=ModelClient(ModelConfig.from_settings(settings)),
+        registry=get_registry(),
+        settings=TurnSettings(
+            context_window=settings.AI_CONTEXT_WINDOW,
+            system_prompt=settings.AI_SYSTEM_PROMPT,
+            max_steps=settings.AI_MAX_STEPS,
+            tool_timeout_s=settings.AI_TOOL_TIMEOUT_S,
+            approval_ttl_s=settings.APPROVAL_TTL_S,
+        ),
+    )
+    try:
+        outcome = loop.resume(ctx.lease.payload) if ctx.lease.kind == "resume" else loop.run()
+    except ModelError as error:
+        raise TurnError(error.kind, str(error), retryable=error.retryable) from error
+    return TurnResult(
+        replies=outcome.replies,
+        status="awaiting_approval" if outcome.approval is not None else "done",
+        write=store_outcome(
+            outcome,
+            conversation_id=ctx.conversation_id,
+            job_id=ctx.job_id,
+            approval_ttl_s=settings.APPROVAL_TTL_S,
+        ),
+    )
 
 
 @lru_cache(maxsize=8)

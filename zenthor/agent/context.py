@@ -1,0 +1,241 @@
+"""The model's context: the conversation's messages, in order, within ``AI_CONTEXT_WINDOW``.
+
+Tokens are estimated (about four characters a token, plus a few per message), which is close
+enough for budgeting and needs no tokenizer. When the history does not fit, the oldest messages
+leave it: they are compacted into a short extractive summary when room allows, else dropped, and
+an ``agent.context.compacted`` event says which. A tool call and its results always stay or
+leave together, and the newest messages are always kept.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+from zenthor.db import execute
+from zenthor.observability import emit
+from zenthor.observability import events as ev
+
+CHARS_PER_TOKEN = 4
+MESSAGE_OVERHEAD_TOKENS = 4
+SUMMARY_LINE_CHARS = 120
+
+
+def estimate_text_tokens(text: str | None) -> int:
+    """Estimated tokens of a text."""
+    return math.ceil(len(text or "") / CHARS_PER_TOKEN)
+
+
+def estimate_message_tokens(message: dict) -> int:
+    """Estimated tokens of one chat message, tool calls included."""
+    tokens = MESSAGE_OVERHEAD_TOKENS + estimate_text_tokens(message.get("content"))
+    if message.get("tool_calls"):
+        tokens += estimate_text_tokens(json.dumps(message["tool_calls"]))
+    return tokens
+
+
+def estimate_tokens(messages: list[dict], tools: list[dict] | None = None) -> int:
+    """Estimated tokens of a whole request: its messages and its tool schemas."""
+    total = sum(estimate_message_tokens(m) for m in messages)
+    if tools:
+        total += estimate_text_tokens(json.dumps(tools))
+    return total
+
+
+def output_reserve(window: int) -> int:
+    """Tokens kept free for the model's answer."""
+    return min(1024, window // 4)
+
+
+# --- loading the history --------------------------------------------------------------------
+
+_HISTORY = """
+SELECT m.id, m.role, m.content, m.tool_calls, m.tool_call_id,
+       coalesce(m.job_id, (SELECT j.id FROM agent_job AS j WHERE j.message_id = m.id
+                            ORDER BY j.id LIMIT 1)) AS job
+  FROM message AS m
+ WHERE m.conversation_id = %s
+ ORDER BY m.id
+"""
+
+
+def load_history(conversation_id: int, job_id: int, message_id: int | None) -> list[dict]:
+    """The conversation as chat messages, as this job should see it.
+
+    Messages of later jobs are left out (they wait their turn), and so are user messages that
+    belong to no job: approval answers, whose meaning the tool result already carries. Each job's
+    messages stay together, so a turn that waited for approval reads as one piece.
+    """
+    rows = execute(_HISTORY, (conversation_id,))
+    keyed: list[tuple[int, int, dict]] = []
+    anchor = 0
+    for row_id, role, content, tool_calls, tool_call_id, job in rows:
+        if job is None:
+            if role == "user" or (message_id is not None and row_id > message_id):
+                continue
+            job = anchor  # a jobless assistant/system note stays where it was written
+        if job > job_id:
+            continue
+        anchor = job
+        message: dict = {"role": role, "content": content or ""}
+        if role == "assistant" and tool_calls:
+            message["tool_calls"] = tool_calls
+        if role == "tool":
+            message["tool_call_id"] = tool_call_id
+        keyed.append((job, row_id, message))
+    keyed.sort(key=lambda item: (item[0], item[1]))
+    return [message for _, _, message in keyed]
+
+
+def repair_tool_pairs(messages: list[dict], *, open_call_ids: set[str] | None = None) -> list[dict]:
+    """Put each tool result right after the assistant message that called it, as the API requires.
+
+    Results nobody called are dropped; a call without a result (a turn that failed after the
+    call) gets a placeholder result, except for ``open_call_ids`` (calls this turn is still
+    answering, whose results come later in ``messages``).
+    """
+    open_call_ids = open_call_ids or set()
+    results: dict[str, dict] = {}
+    for message in messages:
+        if message.get("role") == "tool" and message.get("tool_call_id"):
+            results[message["tool_call_id"]] = message
+    repaired: list[dict] = []
+    placed: set[str] = set()
+    for message in messages:
+        role = message.get("role")
+        if role == "tool":
+            continue
+        repaired.append(message)
+        if role == "assistant" and message.get("tool_calls"):
+            for call in message["tool_calls"]:
+                call_id = call.get("id")
+                if call_id in results and call_id not in placed:
+                    repaired.append(results[call_id])
+                    placed.add(call_id)
+                elif call_id not in open_call_ids:
+                    repaired.append(
+                        {"role": "tool", "tool_call_id": call_id, "content": "error: no result was recorded"}
+                    )
+    return repaired
+
+
+# --- fitting the window -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Compaction:
+    """What :func:`fit_to_window` did to the history."""
+
+    mode: str  # none | summarized | dropped
+    dropped_messages: int
+    kept_messages: int
+    estimated_tokens: int
+
+
+def _units(history: list[dict]) -> list[list[dict]]:
+    """Group messages so a tool call and its results are never split."""
+    units: list[list[dict]] = []
+    for message in history:
+        if message.get("role") == "tool" and units:
+            units[-1].append(message)
+        else:
+            units.append([message])
+    return units
+
+
+def _summary(dropped: list[dict], budget_tokens: int) -> str | None:
+    """An extractive summary of dropped messages, newest lines kept, within ``budget_tokens``."""
+    header = f"Summary of {len(dropped)} earlier messages of this conversation (oldest first):"
+    lines: list[str] = []
+    used = estimate_text_tokens(header) + MESSAGE_OVERHEAD_TOKENS
+    for message in reversed(dropped):
+        text = " ".join((message.get("content") or "").split())
+        if not text or message.get("role") not in ("user", "assistant"):
+            continue
+        if len(text) > SUMMARY_LINE_CHARS:
+            text = text[: SUMMARY_LINE_CHARS - 1] + "…"
+        line = f"- {message['role']}: {text}"
+        cost = estimate_text_tokens(line) + 1
+        if used + cost > budget_tokens:
+            break
+        lines.append(line)
+        used += cost
+    if not lines:
+        return None
+    return "\n".join([header, *reversed(lines)])
+
+
+def _truncate(message: dict, max_tokens: int) -> dict:
+    content = message.get("content") or ""
+    limit = max(max_tokens, 16) * CHARS_PER_TOKEN
+    if len(content) <= limit:
+        return message
+    return {**message, "content": content[: limit - 40] + " …[truncated to fit the context]"}
+
+
+def fit_to_window(
+    system: str,
+    history: list[dict],
+    turn_messages: list[dict],
+    *,
+    window: int,
+    tools: list[dict] | None = None,
+    open_call_ids: set[str] | None = None,
+) -> tuple[list[dict], Compaction]:
+    """The messages to send: system prompt, as much recent history as fits, this turn's messages.
+
+    The estimate of the result (tools included) never exceeds ``window`` minus the output reserve.
+    """
+    budget = window - output_reserve(window)
+    if tools:
+        budget -= estimate_text_tokens(json.dumps(tools))
+    system_message = _truncate({"role": "system", "content": system}, budget // 4)
+    budget -= estimate_message_tokens(system_message)
+    # A single huge message (a pasted document, a long tool result) is cut to leave room.
+    per_message = max(budget // 2, 16)
+    combined = repair_tool_pairs(history + turn_messages, open_call_ids=open_call_ids)
+    combined = [_truncate(m, per_message - MESSAGE_OVERHEAD_TOKENS) for m in combined]
+    units = _units(combined)
+    kept: list[list[dict]] = []
+    used = 0
+    for unit in reversed(units):
+        cost = sum(estimate_message_tokens(m) for m in unit)
+        if used + cost > budget and kept:
+            break
+        if used + cost > budget:  # even the newest unit alone does not fit: cut it harder
+            unit = [_truncate(m, (budget // len(unit)) - MESSAGE_OVERHEAD_TOKENS) for m in unit]
+            cost = sum(estimate_message_tokens(m) for m in unit)
+        kept.append(unit)
+        used += cost
+    kept.reverse()
+    dropped = [m for unit in units[: len(units) - len(kept)] for m in unit]
+    messages = [system_message]
+    mode = "none"
+    if dropped:
+        summary = _summary(dropped, min(budget - used, max(window // 10, 32)))
+        if summary is not None:
+            messages.append({"role": "system", "content": summary})
+            mode = "summarized"
+        else:
+            mode = "dropped"
+    kept_messages = [m for unit in kept for m in unit]
+    messages.extend(kept_messages)
+    estimate = estimate_tokens(messages, tools)
+    return messages, Compaction(mode, len(dropped), len(kept_messages), estimate)
+
+
+def report_compaction(compaction: Compaction, *, job_id: int, conversation_id: int, window: int) -> None:
+    """Emit ``agent.context.compacted`` when older messages left the context."""
+    if compaction.mode == "none":
+        return
+    emit(
+        ev.CONTEXT_COMPACTED,
+        job_id=job_id,
+        conversation_id=conversation_id,
+        mode=compaction.mode,
+        dropped_messages=compaction.dropped_messages,
+        kept_messages=compaction.kept_messages,
+        estimated_tokens=compaction.estimated_tokens,
+        window=window,
+    )

@@ -1,0 +1,304 @@
+"""The tool loop: ask the model, run the tools it asks for, until it answers (at most N steps).
+
+Nothing is written while the loop runs: the messages it produces (the assistant's tool calls,
+the tool results) are collected and stored by ``TurnResult.write`` in the transaction that
+completes the job, token-fenced, so a turn whose lease was lost writes nothing.
+
+A tool that requires approval is not run: the loop stops, and the turn ends as
+``awaiting_approval`` with a ``tool_approval`` row. The ``resume`` job later answers that call
+(the tool's result, or the refusal) and any calls after it, then asks the model again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from psycopg2.extras import Json
+
+from zenthor.agent.approvals import APPROVED, EXPIRED, REJECTED, approval_prompt
+from zenthor.agent.context import fit_to_window, load_history, report_compaction
+from zenthor.agent.errors import ModelError
+from zenthor.agent.model_client import ModelClient, ToolCall
+from zenthor.agent.prompts import system_prompt
+from zenthor.agent.toolbox import (
+    BadToolCall,
+    ToolRegistryLike,
+    make_tool_context,
+    parse_arguments,
+    tool_schemas,
+)
+from zenthor.db import execute
+from zenthor.models import Conversation, Message, ToolApproval
+from zenthor.observability import emit
+from zenthor.observability import events as ev
+
+TOOL_RESULT_MAX_CHARS = 8000
+STEP_LIMIT_REPLY = (
+    "Sorry, I couldn't finish this: it needed more steps than I'm allowed for one message. "
+    "Could you ask for a smaller part of it?"
+)
+DECISION_RESULTS = {
+    REJECTED: "The user rejected this tool call; it was not run. Do not retry it unless they ask.",
+    EXPIRED: "The user did not answer the approval request in time; the tool was not run.",
+}
+
+
+@dataclass
+class PendingApproval:
+    """A tool call waiting for the user's approval."""
+
+    call: ToolCall
+    arguments: dict
+
+
+@dataclass
+class LoopOutcome:
+    """What the loop ended with: a reply, or a question for the user."""
+
+    replies: list[str]
+    new_messages: list[dict] = field(default_factory=list)
+    approval: PendingApproval | None = None
+
+
+@dataclass
+class TurnSettings:
+    """The knobs the loop reads (from settings)."""
+
+    context_window: int
+    system_prompt: str | None
+    max_steps: int
+    tool_timeout_s: float
+    approval_ttl_s: int
+
+
+class AgentLoop:
+    """One turn of the assistant for one job."""
+
+    def __init__(
+        self,
+        ctx: Any,
+        *,
+        client: ModelClient,
+        registry: ToolRegistryLike,
+        settings: TurnSettings,
+    ) -> None:
+        self.ctx = ctx
+        self.client = client
+        self.registry = registry
+        self.settings = settings
+        self.conversation = Conversation.get_by_id(ctx.conversation_id)
+        self.tools = registry.openai_tools()
+        self.schemas = tool_schemas(self.tools)
+        self.names = set(registry.tool_names())
+        self.new: list[dict] = []
+        self._tool_context = None
+
+    # --- entry points -----------------------------------------------------------------------------
+    def run(self) -> LoopOutcome:
+        """A fresh turn: answer the job's message."""
+        history = load_history(self.ctx.conversation_id, self.ctx.job_id, self.ctx.message_id)
+        return self._steps(history)
+
+    def resume(self, payload: Any) -> LoopOutcome:
+        """A resumed turn: answer the approved (or refused) call and the calls after it, go on."""
+        approval, decision = self._approval_from(payload)
+        history = load_history(self.ctx.conversation_id, self.ctx.job_id, self.ctx.message_id)
+        open_calls = self._open_calls(history)
+        for index, call in enumerate(open_calls):
+            if call.id != approval.tool_call_id:
+                continue
+            if decision == APPROVED:
+                self._run_tool(call, dict(approval.tool_input or {}))
+            else:
+                self._add_result(call, DECISION_RESULTS[decision])
+            pending = self._answer_calls(open_calls[index + 1 :])
+            if pending is not None:
+                return self._ask(pending)
+            break
+        else:
+            # The call is not open any more (a retried resume after a partial write): go on.
+            pass
+        return self._steps(history)
+
+    # --- the loop ---------------------------------------------------------------------------------
+    def _steps(self, history: list[dict]) -> LoopOutcome:
+        window = self.settings.context_window
+        system = system_prompt(self.conversation.channel, self.settings.system_prompt)
+        shrunk = False
+        step = 0
+        while step < self.settings.max_steps:
+            messages, compaction = fit_to_window(system, history, self.new, window=window, tools=self.tools)
+            report_compaction(
+                compaction, job_id=self.ctx.job_id, conversation_id=self.ctx.conversation_id, window=window
+            )
+            try:
+                reply = self.client.complete(
+                    messages, tools=self.tools or None, checkpoint=self.ctx.checkpoint, job_id=self.ctx.job_id
+                )
+            except ModelError as error:
+                if error.kind == "context_overflow" and not shrunk:
+                    # The server counts tokens differently from our estimate: try once with half.
+                    shrunk, window = True, max(window // 2, 256)
+                    continue
+                raise
+            step += 1
+            if not reply.tool_calls:
+                return LoopOutcome(replies=[reply.content.strip()], new_messages=self.new)
+            self.new.append(
+                {
+                    "role": "assistant",
+                    "content": reply.content or "",
+                    "tool_calls": [call.as_openai() for call in reply.tool_calls],
+                }
+            )
+            pending = self._answer_calls(reply.tool_calls)
+            if pending is not None:
+                return self._ask(pending)
+        emit(ev.TURN_STEP_LIMIT, job_id=self.ctx.job_id, steps=step)
+        return LoopOutcome(replies=[STEP_LIMIT_REPLY], new_messages=self.new)
+
+    def _answer_calls(self, calls: list[ToolCall]) -> PendingApproval | None:
+        """Run each call in order; stop at the first one that needs the user's approval."""
+        for call in calls:
+            if call.name not in self.names:
+                emit(
+                    ev.TOOL_CALL_REFUSED, job_id=self.ctx.job_id, tool=call.name[:100], reason="unknown_tool"
+                )
+                available = ", ".join(sorted(self.names)) or "none"
+                self._add_result(
+                    call, f"error: there is no tool named {call.name!r}. Available tools: {available}."
+                )
+                continue
+            try:
+                arguments = parse_arguments(call.name, call.arguments, self.schemas.get(call.name))
+            except BadToolCall as error:
+                emit(ev.TOOL_CALL_REFUSED, job_id=self.ctx.job_id, tool=call.name, reason="invalid_arguments")
+                self._add_result(call, f"error: {error}. Fix the arguments and call the tool again.")
+                continue
+            if self.registry.requires_approval(call.name):
+                return PendingApproval(call, arguments)
+            self._run_tool(call, arguments)
+        return None
+
+    def _run_tool(self, call: ToolCall, arguments: dict) -> None:
+        self.ctx.checkpoint("tool_call")
+        started = time.monotonic()
+        try:
+            result = self.registry.call(
+                call.name, arguments, self._context(), timeout_s=self.settings.tool_timeout_s
+            )
+            ok, content, error = bool(result.ok), str(result.content or ""), result.error
+        except Exception as raised:  # noqa: BLE001 - the registry promises not to raise; be safe anyway
+            ok, content, error = False, "", f"{type(raised).__name__}: {raised}"
+        emit(
+            ev.TOOL_CALLED,
+            job_id=self.ctx.job_id,
+            tool=call.name,
+            ok=ok,
+            duration_ms=int((time.monotonic() - started) * 1000),
+            error=(error or None) and str(error)[:200],
+        )
+        if not ok:
+            content = f"error: {error or content or 'the tool failed'}"
+        self._add_result(call, content)
+
+    def _add_result(self, call: ToolCall, content: str) -> None:
+        if len(content) > TOOL_RESULT_MAX_CHARS:
+            content = content[:TOOL_RESULT_MAX_CHARS] + " …[truncated]"
+        self.new.append({"role": "tool", "tool_call_id": call.id, "content": content})
+
+    def _ask(self, pending: PendingApproval) -> LoopOutcome:
+        return LoopOutcome(
+            replies=[approval_prompt(pending.call.name, pending.arguments)],
+            new_messages=self.new,
+            approval=pending,
+        )
+
+    # --- helpers ----------------------------------------------------------------------------------
+    def _context(self) -> Any:
+        if self._tool_context is None:
+            message = Message.get_or_none(Message.id == self.ctx.message_id) if self.ctx.message_id else None
+            self._tool_context = make_tool_context(
+                conversation_id=self.conversation.id,
+                channel=self.conversation.channel,
+                account_id=self.conversation.account_id,
+                chat_id=self.conversation.chat_id,
+                sender_id=message.sender_id if message is not None else None,
+                job_id=self.ctx.job_id,
+            )
+        return self._tool_context
+
+    def _approval_from(self, payload: Any) -> tuple[ToolApproval, str]:
+        from zenthor.agent.turn import TurnError
+
+        if not isinstance(payload, dict) or "approval_id" not in payload:
+            raise TurnError(
+                "format", f"resume job without an approval in its payload: {payload!r}", retryable=False
+            )
+        decision = payload.get("decision")
+        if decision not in (APPROVED, REJECTED, EXPIRED):
+            raise TurnError("format", f"resume job with an unknown decision {decision!r}", retryable=False)
+        approval = ToolApproval.get_or_none(ToolApproval.id == payload["approval_id"])
+        if approval is None or approval.job_id != self.ctx.job_id:
+            raise TurnError(
+                "format", f"approval {payload['approval_id']} does not belong to this job", retryable=False
+            )
+        return approval, decision
+
+    @staticmethod
+    def _open_calls(history: list[dict]) -> list[ToolCall]:
+        """Calls of the last assistant tool-call message that have no result yet."""
+        answered = {m.get("tool_call_id") for m in history if m.get("role") == "tool"}
+        for message in reversed(history):
+            if message.get("role") == "assistant" and message.get("tool_calls"):
+                return [
+                    ToolCall(c["id"], c["function"]["name"], c["function"].get("arguments") or "{}")
+                    for c in message["tool_calls"]
+                    if c.get("id") not in answered
+                ]
+        return []
+
+
+def store_outcome(
+    outcome: LoopOutcome, *, conversation_id: int, job_id: int, approval_ttl_s: int
+) -> Callable[[Any], None]:
+    """The ``TurnResult.write`` callback: the turn's tool messages and its approval row, if any."""
+
+    def write(lease: Any) -> None:
+        for message in outcome.new_messages:
+            Message.create(
+                conversation=conversation_id,
+                role=message["role"],
+                content=message.get("content") or "",
+                tool_calls=message.get("tool_calls"),
+                tool_call_id=message.get("tool_call_id"),
+                job_id=job_id,
+            )
+        if outcome.approval is not None:
+            pending = outcome.approval
+            # expires_at on the database clock, like every lease, so hosts' clocks cannot disagree.
+            rows = execute(
+                "INSERT INTO tool_approval (conversation_id, job_id, tool_name, tool_input, tool_call_id,"
+                " expires_at) VALUES (%s, %s, %s, %s, %s, now() + %s * interval '1 second') RETURNING id",
+                (
+                    conversation_id,
+                    job_id,
+                    pending.call.name,
+                    Json(pending.arguments),
+                    pending.call.id,
+                    approval_ttl_s,
+                ),
+            )
+            emit(
+                ev.APPROVAL_REQUESTED,
+                job_id=job_id,
+                conversation_id=conversation_id,
+                approval_id=rows[0][0],
+                tool=pending.call.name,
+                expires_in_s=approval_ttl_s,
+            )
+
+    return write
