@@ -194,7 +194,7 @@ class AgentLoop:
         except Exception as raised:  # noqa: BLE001 - the registry promises not to raise; be safe anyway
             ok, content, error = False, "", f"{type(raised).__name__}: {raised}"
         emit(
-            ev.TOOL_CALLED,
+            ev.AGENT_TOOL_CALLED,
             job_id=self.ctx.job_id,
             tool=call.name,
             ok=ok,

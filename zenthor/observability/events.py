@@ -204,7 +204,7 @@ CONTEXT_COMPACTED = event(
     "window",
     description="older messages left the model context: mode summarized or dropped",
 )
-TOOL_CALLED = event("agent.tool.called", "job_id", "tool", "ok", "duration_ms", "error")
+AGENT_TOOL_CALLED = event("agent.tool.called", "job_id", "tool", "ok", "duration_ms", "error")
 TOOL_CALL_REFUSED = event(
     "agent.tool.call_refused",
     "job_id",
