@@ -41,3 +41,24 @@ def failing_turn(ctx: TurnContext) -> TurnResult:
 def fatal_turn(ctx: TurnContext) -> TurnResult:
     """Fails with an error no retry can fix."""
     raise TurnError("auth", "the model rejected our API key", retryable=False)
+
+
+def scripted_turn(ctx: TurnContext) -> TurnResult:
+    """Does what the user's message says, for process-level tests.
+
+    ``sleep:S`` sleeps S seconds checking the lease every 50 ms (a healthy long turn);
+    ``blind:S`` sleeps S seconds without checking (only the fenced completion can stop it);
+    ``fail`` raises a retryable error; anything else is echoed.
+    """
+    text = _text(ctx)
+    command, _, argument = text.partition(":")
+    if command == "sleep":
+        deadline = time.monotonic() + float(argument)
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            ctx.checkpoint("scripted_sleep")
+    elif command == "blind":
+        time.sleep(float(argument))
+    elif command == "fail":
+        raise TurnError("server", "scripted failure")
+    return TurnResult(replies=[f"done: {text}"])

@@ -97,9 +97,9 @@ def _run_claimed(lease: Lease, started: float) -> str:
         if not isinstance(result, TurnResult):
             raise TurnError("format", f"turn returned {type(result).__name__}, not TurnResult")
         written = complete(lease, status=result.status, write=lambda held: _write_result(held, result))
-    except LeaseLost as lost:
-        # Another worker owns the job now; we wrote nothing and must not touch it.
-        emit(ev.LEASE_LOST, job_id=lease.job_id, lease_token=lease.token, operation=lost.operation)
+    except LeaseLost:
+        # Another worker owns the job now; we wrote nothing and must not touch it (the event was
+        # emitted when the lease was found lost).
         return "lease_lost"
     except Shutdown:
         # Warm shutdown: give the job back at once so another worker takes it without waiting.

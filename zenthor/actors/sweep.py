@@ -106,6 +106,12 @@ def sweep_leases() -> dict[str, int]:
     }
 
 
+def sweep_if_overdue() -> None:
+    """Run the sweep here if its re-check chain is overdue (called from the heartbeat thread)."""
+    if sweep_state.claim_overdue(get_settings().SWEEP_RECHECK_MS):
+        run_sweep("watchdog")
+
+
 def schedule_recheck() -> None:
     """Ask for the next sub-minute re-check, unless one is already on its way."""
     delay_ms = get_settings().SWEEP_RECHECK_MS

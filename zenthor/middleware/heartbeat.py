@@ -31,11 +31,19 @@ class LeaseHeartbeat(Middleware):
     Parameters:
       interval_ms: how often to extend the leases (``AGENT_JOB_HEARTBEAT_MS``).
       on_released: called with each job id released at shutdown (re-publishes its dispatch).
+      on_tick: called after each heartbeat (the overdue-sweep watchdog).
     """
 
-    def __init__(self, *, interval_ms: int, on_released: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        interval_ms: int,
+        on_released: Callable[[int], None] | None = None,
+        on_tick: Callable[[], None] | None = None,
+    ) -> None:
         self.interval_ms = interval_ms
         self.on_released = on_released
+        self.on_tick = on_tick
         self._leases: dict[int, Lease] = {}
         self._mu = threading.RLock()
         self._stopping = threading.Event()
@@ -97,6 +105,8 @@ class LeaseHeartbeat(Middleware):
         while not self._stopping.wait(self.interval_ms / 1000):
             try:
                 self.beat()
+                if self.on_tick is not None:
+                    self.on_tick()
             except Exception as error:  # noqa: BLE001 - keep beating; leases expire if the DB stays down
                 emit(ev.DATABASE_UNAVAILABLE, operation="heartbeat", job_id=None, error=str(error)[:200])
                 try:

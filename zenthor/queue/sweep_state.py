@@ -55,6 +55,25 @@ def claim_next_check(delay_ms: int, name: str = SWEEP) -> bool:
     return bool(rows)
 
 
+def claim_overdue(interval_ms: int, name: str = SWEEP) -> bool:
+    """True for exactly one caller when the re-check chain is a full interval overdue.
+
+    The chain's messages can stall in a paused worker's prefetch buffer or be lost with the
+    broker; every worker asks this on its heartbeat tick, and the one that wins runs the sweep
+    itself, so lease recovery never depends on the sweep queue alone.
+    """
+    rows = execute(
+        """
+        UPDATE sweep_state SET next_check_at = now() + %(interval)s * interval '1 millisecond'
+         WHERE name = %(name)s
+           AND (next_check_at IS NULL OR next_check_at < now() - %(interval)s * interval '1 millisecond')
+        RETURNING name
+        """,
+        {"name": name, "interval": interval_ms},
+    )
+    return bool(rows)
+
+
 def last_finished_at(name: str = SWEEP) -> datetime | None:
     """When the sweep last finished, or None if it never ran."""
     rows = execute("SELECT last_finished_at FROM sweep_state WHERE name = %s", (name,))

@@ -1,0 +1,135 @@
+"""Crashes, pauses and long turns with real `dramatiq zenthor.actors` processes (I1, I4, I6).
+
+Workers run with short leases (4 s, heartbeat 1 s) and 1 s sweep re-checks so the tests take
+seconds, not minutes; the bound checked is the one DESIGN.md promises: lease TTL + 15 s.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from tests.support.factories import assistant_messages, make_conversation, make_job
+from tests.support.workers import WorkerProcess, wait_for
+from zenthor.actors.publish import publish_dispatch
+from zenthor.models import AgentJob
+from zenthor.queue import requeue_stale
+
+LOCK_MS = 4000
+FAST = {
+    "AGENT_JOB_LOCK_MS": str(LOCK_MS),
+    "AGENT_JOB_HEARTBEAT_MS": "1000",
+    "SWEEP_RECHECK_MS": "1000",
+    "DISPATCH_REPUBLISH_GRACE_MS": "2000",
+    "AGENT_TURN": "tests.support.turns:scripted_turn",
+}
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+def processes():
+    started: list[WorkerProcess] = []
+
+    def start(name: str, **kwargs) -> WorkerProcess:
+        process = WorkerProcess(name, env={**FAST, **kwargs.pop("env", {})}, **kwargs)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+def statuses(job_ids: list[int]) -> dict[int, tuple[str, str | None]]:
+    return {j.id: (j.status, j.processor_id) for j in AgentJob.select().where(AgentJob.id.in_(job_ids))}
+
+
+def test_a_killed_workers_jobs_complete_elsewhere_within_lease_ttl_plus_15s(processes):
+    conversations = [make_conversation(f"crash-{i}") for i in range(4)]
+    jobs = [make_job(c, "sleep:2") for c in conversations]
+    victim = processes("worker-a", threads=4)
+    for job_id in jobs:
+        publish_dispatch(job_id)
+    wait_for(
+        lambda: all(s == ("processing", "worker-a") for s in statuses(jobs).values()),
+        30,
+        message="worker-a holds every job",
+    )
+    victim.kill9()
+    killed_at = time.monotonic()
+
+    processes("worker-b", threads=4)
+    wait_for(lambda: all(s[0] == "done" for s in statuses(jobs).values()), LOCK_MS / 1000 + 25, interval=0.2)
+    elapsed = time.monotonic() - killed_at
+    assert elapsed <= LOCK_MS / 1000 + 15, f"recovered in {elapsed:.1f}s"
+    for conversation, job_id in zip(conversations, jobs, strict=True):
+        row = AgentJob.get_by_id(job_id)
+        assert (row.processor_id, row.attempts) == ("worker-b", 1)  # the killed attempt counts once
+        assert assistant_messages(conversation) == ["done: sleep:2"]
+
+
+def test_a_paused_worker_is_fenced_and_the_job_completes_once(processes):
+    conversation = make_conversation("paused")
+    job_id = make_job(conversation, "blind:5")
+    paused = processes("worker-paused", threads=2)
+    publish_dispatch(job_id)
+    wait_for(lambda: statuses([job_id])[job_id] == ("processing", "worker-paused"), 30)
+    time.sleep(0.3)
+    paused.signal_all(signal.SIGSTOP)
+    try:
+        processes("worker-healthy", threads=2)
+        wait_for(lambda: statuses([job_id])[job_id] == ("done", "worker-healthy"), 40, interval=0.2)
+    finally:
+        paused.signal_all(signal.SIGCONT)
+    # The paused worker wakes up and tries to complete: Postgres refuses its stale token (or its
+    # heartbeat finds the lease gone first), and it writes nothing.
+    wait_for(
+        lambda: paused.events("queue.lease.lost"),
+        30,
+        message="the paused worker reports its lease lost",
+    )
+    assert {e["operation"] for e in paused.events("queue.lease.lost")} <= {"complete", "heartbeat"}
+    assert paused.events("queue.job.completed") == []
+    time.sleep(1)
+    assert assistant_messages(conversation) == ["done: blind:5"]
+    row = AgentJob.get_by_id(job_id)
+    assert (row.status, row.processor_id, row.attempts) == ("done", "worker-healthy", 1)
+
+
+def test_a_long_turn_on_a_healthy_worker_is_never_taken_over(processes):
+    """A turn three lease lengths long keeps its lease; no heartbeat after completion or failure."""
+    conversation = make_conversation("long")
+    long_job = make_job(conversation, f"sleep:{3 * LOCK_MS / 1000}")
+    failing_job = make_job(make_conversation("failing"), "fail", max_attempts=1)
+    worker = processes("worker-steady", threads=2)
+    publish_dispatch(long_job)
+    publish_dispatch(failing_job)
+    deadline = time.monotonic() + 60
+    while AgentJob.get_by_id(long_job).status != "done":
+        assert time.monotonic() < deadline, "long turn did not finish"
+        assert requeue_stale() == []  # a second sweeper finds nothing to take back
+        time.sleep(0.5)
+    row = AgentJob.get_by_id(long_job)
+    assert (row.attempts, row.processor_id) == (0, "worker-steady")
+    assert len([e for e in worker.events("queue.job.claimed") if e.get("job_id") == long_job]) == 1
+    assert worker.events("queue.job.requeued") == [] and worker.events("queue.lease.lost") == []
+    assert assistant_messages(conversation) == [f"done: sleep:{3 * LOCK_MS / 1000}"]
+
+    failed = AgentJob.get_by_id(failing_job)
+    assert failed.status == "failed"
+    beats = {job_id: AgentJob.get_by_id(job_id).last_heartbeat_at for job_id in (long_job, failing_job)}
+    time.sleep(3)  # three heartbeat periods
+    assert {job_id: AgentJob.get_by_id(job_id).last_heartbeat_at for job_id in beats} == beats
+
+
+def test_a_lost_dispatch_message_is_republished_by_the_sweep(processes):
+    """The publish after commit never happened (broker down, message dropped): the sweep re-publishes."""
+    conversation = make_conversation("lost")
+    job_id = make_job(conversation, "hello")  # committed, never published
+    worker = processes("worker-sweeper", threads=2)
+    wait_for(lambda: AgentJob.get_by_id(job_id).status == "done", 30, interval=0.2)
+    assert assistant_messages(conversation) == ["done: hello"]
+    assert [e["job_id"] for e in worker.events("queue.job.republished")] == [job_id]

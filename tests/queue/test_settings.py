@@ -1,0 +1,48 @@
+"""A missing or malformed setting stops a process at start with one line naming the variable."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def run(args: list[str], **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(args, env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("AGENT_JOB_LOCK_MS", "sixty"),
+        ("DATABASE_URL", "mysql://root@localhost/zenthor"),
+        ("RABBITMQ_URL", "http://localhost:15672"),
+        ("LOG_FORMAT", "xml"),
+        ("GATEWAY_PORT", "70000"),
+    ],
+)
+def test_the_worker_refuses_a_malformed_setting_naming_it(variable, value):
+    result = run([sys.executable, "-c", "import zenthor.actors"], **{variable: value})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert variable in lines[0] and value in lines[0]
+
+
+def test_a_heartbeat_longer_than_half_the_lease_is_refused():
+    result = run(
+        [sys.executable, "-m", "zenthor.cli", "ops", "status"],
+        AGENT_JOB_LOCK_MS="10000",
+        AGENT_JOB_HEARTBEAT_MS="9000",
+    )
+    assert result.returncode == 2
+    assert "AGENT_JOB_HEARTBEAT_MS" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_missing_required_setting_is_named():
+    from zenthor.settings import SettingsError, get_settings
+
+    with pytest.raises(SettingsError, match="missing setting WEBHOOK_SECRET"):
+        get_settings().require("WEBHOOK_SECRET")
