@@ -53,19 +53,21 @@ def test_claim_hands_out_a_lease_and_refuses_a_live_one():
 
 def test_concurrent_claims_of_one_job_give_exactly_one_lease():
     job_ids = [make_job(make_conversation(f"c{i}")) for i in range(20)]
+    lock = threading.Lock()
+
+    def contend(job_id: int, name: str, barrier: threading.Barrier, results: list[object]) -> None:
+        barrier.wait()
+        with database.connection_context():
+            outcome = claim(job_id, name)
+        with lock:
+            results.append(outcome)
+
     for job_id in job_ids:
         barrier = threading.Barrier(12)
         results: list[object] = []
-        lock = threading.Lock()
-
-        def contend(name: str) -> None:
-            barrier.wait()
-            with database.connection_context():
-                outcome = claim(job_id, name)
-            with lock:
-                results.append(outcome)
-
-        threads = [threading.Thread(target=contend, args=(f"w{n}",)) for n in range(12)]
+        threads = [
+            threading.Thread(target=contend, args=(job_id, f"w{n}", barrier, results)) for n in range(12)
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
