@@ -73,6 +73,7 @@ class FakeModel:
         self.default = default or (lambda body: Reply(content=f"ok: {last_user_text(body)}"))
         self.delay_s = delay_s
         self.requests: list[dict] = []
+        self.times: list[float] = []  # time.monotonic() of each request's arrival
         self._script: list[Reply] = []
         self._mu = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -108,6 +109,7 @@ class FakeModel:
     def _next(self, body: dict) -> Reply:
         with self._mu:
             self.requests.append(body)
+            self.times.append(time.monotonic())
             for index, reply in enumerate(self._script):
                 if reply.model is None or reply.model == body.get("model"):
                     return self._script.pop(index)

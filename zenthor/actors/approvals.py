@@ -1,0 +1,39 @@
+"""Wiring of the agent's tool approvals into ingress and the sweep (imported by ``zenthor.actors``).
+
+Lives with the actors because it joins layers the agent must not import: the ingress answer hook
+(a YES/NO resolves the pending approval and resumes its job instead of starting a turn) and the
+sweep (approvals past ``APPROVAL_TTL_S`` resume their job with ``expired``). Also warns once, at
+start, when no model is configured and the echo responder will answer.
+"""
+
+from __future__ import annotations
+
+from zenthor.actors.publish import publish_dispatch
+from zenthor.actors.sweep import register_step
+from zenthor.agent.approvals import expire_due_approvals, take_answer
+from zenthor.agent.echo import warn_if_unconfigured
+from zenthor.db import database
+from zenthor.ingress.answers import AnswerOutcome, register_answer_handler
+from zenthor.settings import get_settings
+
+
+def approval_answer(conversation_id: int, message_id: int, text: str) -> AnswerOutcome | None:
+    """Ingress's answer handler: a YES/NO to a pending approval resumes the waiting job."""
+    resolved = take_answer(conversation_id, message_id, text)
+    if resolved is None:
+        return None
+    return AnswerOutcome(job_id=resolved.job_id, reason=f"approval_{resolved.decision}")
+
+
+def expire_approvals_step() -> dict[str, int]:
+    """Sweep step: expire overdue approvals, then nudge their resumed jobs after commit."""
+    with database.atomic():
+        resolved = expire_due_approvals()
+    for approval in resolved:
+        publish_dispatch(approval.job_id)
+    return {"expired_approvals": len(resolved)}
+
+
+register_answer_handler(approval_answer)
+register_step("approvals", expire_approvals_step)
+warn_if_unconfigured(get_settings())
