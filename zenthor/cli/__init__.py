@@ -6,6 +6,7 @@ import click
 
 from zenthor.cli.migrate import migrate_command
 from zenthor.cli.ops import ops
+from zenthor.cli.plugins import plugins
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -15,6 +16,7 @@ def cli() -> None:
 
 cli.add_command(migrate_command)
 cli.add_command(ops)
+cli.add_command(plugins)
 
 
 def main() -> None:

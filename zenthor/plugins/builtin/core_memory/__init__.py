@@ -1,0 +1,1 @@
+"""core-memory: notes remembered per contact, stored in Postgres."""

@@ -1,0 +1,1 @@
+"""core-schedule: reminders delivered at their time through the outbox, surviving restarts."""

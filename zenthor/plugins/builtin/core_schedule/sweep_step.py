@@ -1,0 +1,20 @@
+"""Registers the reminders step with the sweep (imported by :mod:`zenthor.actors`).
+
+This is the glue between layers: it hands the delivery step the reply writer and the publisher,
+so :mod:`.delivery` itself imports nothing above the plugins.
+"""
+
+from __future__ import annotations
+
+from zenthor.actors.publish import publish_deliveries
+from zenthor.actors.sweep import register_step
+from zenthor.agent.replies import write_replies
+from zenthor.plugins.builtin.core_schedule.delivery import deliver_due_reminders
+
+
+def deliver_reminders_step() -> dict[str, int]:
+    """The sweep step: deliver due reminders."""
+    return deliver_due_reminders(write_replies, publish_deliveries)
+
+
+register_step("reminders", deliver_reminders_step)

@@ -1,0 +1,1 @@
+"""core-time: the current time and date arithmetic in an IANA timezone."""
