@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import click
 
+from zenthor.cli.chat import chat_command
+from zenthor.cli.gateway import gateway_command
 from zenthor.cli.migrate import migrate_command
 from zenthor.cli.ops import ops
-from zenthor.cli.plugins import plugins
+from zenthor.cli.replay import replay_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -16,7 +18,9 @@ def cli() -> None:
 
 cli.add_command(migrate_command)
 cli.add_command(ops)
-cli.add_command(plugins)
+cli.add_command(gateway_command)
+cli.add_command(chat_command)
+cli.add_command(replay_command)
 
 
 def main() -> None:

@@ -1,0 +1,126 @@
+"""Helpers for the ingress tests: inbound factories, a fake callback server, a gateway in a thread."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from zenthor.db import execute
+from zenthor.ingress import InboundMessage
+
+
+def inbound(
+    text: str = "hello", *, message_id: str | None = "m-1", chat_id: str = "chat-1", **overrides
+) -> InboundMessage:
+    """A webhook inbound message."""
+    fields = {
+        "channel": "webhook",
+        "account_id": "acct",
+        "chat_id": chat_id,
+        "sender_id": "user-1",
+        "text": text,
+        "provider_message_id": message_id,
+    }
+    fields.update(overrides)
+    return InboundMessage(**fields)
+
+
+def count(table: str, where: str = "TRUE", params: tuple = ()) -> int:
+    """Rows in ``table`` matching ``where``."""
+    return execute(f"SELECT count(*) FROM {table} WHERE {where}", params)[0][0]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class CallbackRecord:
+    """One request the fake callback server received."""
+
+    headers: dict[str, str]
+    body: bytes
+    status: int
+
+    @property
+    def json(self) -> dict:
+        return json.loads(self.body)
+
+
+@dataclass
+class CallbackServer:
+    """A fake webhook receiver on 127.0.0.1: answers ``plan`` statuses in order, then 200."""
+
+    plan: list[int] = field(default_factory=list)
+    delay_s: float = 0.0
+    records: list[CallbackRecord] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                length = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(length)
+                with server._lock:
+                    status = server.plan.pop(0) if server.plan else 200
+                    server.records.append(CallbackRecord(dict(self.headers.items()), body, status))
+                if server.delay_s:
+                    time.sleep(server.delay_s)
+                self.send_response(status)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/callback"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._thread.start()
+
+    def ok_records(self) -> list[CallbackRecord]:
+        with self._lock:
+            return [r for r in self.records if 200 <= r.status < 300]
+
+    def all_records(self) -> list[CallbackRecord]:
+        with self._lock:
+            return list(self.records)
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class ThreadedGateway:
+    """The gateway app under uvicorn in a background thread on a free port."""
+
+    def __init__(self, app) -> None:
+        import uvicorn
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None, access_log=False)
+        self.server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self.server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("gateway did not start")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout=10)

@@ -1,0 +1,202 @@
+"""accept(): one user message and one job per inbound, whatever happens (I3)."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+
+import pytest
+
+from tests.ingress.helpers import count, inbound
+from zenthor.db import execute
+from zenthor.ingress import AnswerOutcome, InboundMessage, InvalidInbound, accept
+from zenthor.ingress import answers as answers_module
+from zenthor.models import Contact, Message
+
+
+def no_publish(published: list[int]):
+    return lambda job_id: published.append(job_id) or True
+
+
+def test_accept_creates_conversation_message_and_job_and_publishes_after_commit():
+    published: list[int] = []
+    result = accept(inbound("hi there"), publish=no_publish(published))
+    assert result.status == "accepted"
+    assert published == [result.job_id]
+    message = Message.get_by_id(result.message_id)
+    assert (message.role, message.content, message.job_id, message.provider_message_id) == (
+        "user",
+        "hi there",
+        result.job_id,
+        "m-1",
+    )
+    assert count("agent_job", "status = 'pending' AND message_id = %s", (result.message_id,)) == 1
+    assert count("inbound_dedupe") == 1
+
+
+def test_second_delivery_is_a_duplicate_and_writes_nothing():
+    published: list[int] = []
+    first = accept(inbound(), publish=no_publish(published))
+    second = accept(inbound(), publish=no_publish(published))
+    assert (first.status, second.status) == ("accepted", "duplicate")
+    assert published == [first.job_id]
+    assert count("message") == 1 and count("agent_job") == 1
+
+
+def test_same_provider_id_on_another_account_is_a_different_message():
+    accept(inbound(), publish=lambda _: True)
+    other = accept(inbound(account_id="acct-2"), publish=lambda _: True)
+    assert other.status == "accepted"
+    assert count("message") == 2
+
+
+def test_ten_threads_sending_the_same_inbound_make_one_message_and_one_job():
+    barrier = threading.Barrier(10)
+    statuses: list[str] = []
+    lock = threading.Lock()
+
+    def send() -> None:
+        barrier.wait()
+        result = accept(inbound("race"), publish=lambda _: True)
+        with lock:
+            statuses.append(result.status)
+
+    threads = [threading.Thread(target=send) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(statuses) == ["accepted"] + ["duplicate"] * 9
+    assert count("message") == 1 and count("agent_job") == 1 and count("conversation") == 1
+
+
+def test_failure_after_the_dedupe_insert_leaves_nothing_and_a_retry_is_accepted():
+    def exploding_handler(conversation_id: int, message_id: int, text: str):
+        raise RuntimeError("injected failure inside accept")
+
+    answers_module.register_answer_handler(exploding_handler)
+    try:
+        with pytest.raises(RuntimeError, match="injected failure"):
+            accept(inbound("boom"), publish=lambda _: True)
+    finally:
+        answers_module.unregister_answer_handler(exploding_handler)
+    for table in ("inbound_dedupe", "message", "agent_job", "conversation", "contact"):
+        assert count(table) == 0, table
+    retry = accept(inbound("boom"), publish=lambda _: True)
+    assert retry.status == "accepted"
+    assert count("message") == 1 and count("agent_job") == 1
+
+
+def test_failure_in_job_creation_rolls_back_the_key(monkeypatch):
+    import zenthor.ingress.pipeline as accept_module
+
+    def broken_enqueue(*args, **kwargs):
+        raise RuntimeError("injected: agent_job insert failed")
+
+    monkeypatch.setattr(accept_module, "enqueue_job", broken_enqueue)
+    with pytest.raises(RuntimeError):
+        accept(inbound(), publish=lambda _: True)
+    monkeypatch.undo()
+    assert count("inbound_dedupe") == 0 and count("message") == 0
+    assert accept(inbound(), publish=lambda _: True).status == "accepted"
+
+
+def test_a_failed_publish_keeps_the_job_pending_for_the_sweep():
+    result = accept(inbound(), publish=lambda _: False)
+    assert result.status == "accepted" and result.published is False
+    assert count("agent_job", "status = 'pending'") == 1
+
+
+def test_accept_refuses_to_run_inside_a_transaction():
+    from zenthor.db import database
+
+    with database.atomic(), pytest.raises(RuntimeError, match="outside a transaction"):
+        accept(inbound(), publish=lambda _: True)
+
+
+def test_answer_handler_takes_the_message_instead_of_a_turn():
+    seen: list[tuple[int, int, str]] = []
+
+    def handler(conversation_id: int, message_id: int, text: str):
+        seen.append((conversation_id, message_id, text))
+        return AnswerOutcome(job_id=None, reason="approval_approved") if text == "YES" else None
+
+    answers_module.register_answer_handler(handler)
+    try:
+        published: list[int] = []
+        turn = accept(inbound("do it", message_id="a"), publish=no_publish(published))
+        answer = accept(inbound("YES", message_id="b"), publish=no_publish(published))
+    finally:
+        answers_module.unregister_answer_handler(handler)
+    assert (turn.status, answer.status, answer.reason) == ("accepted", "answer", "approval_approved")
+    assert published == [turn.job_id]
+    assert count("agent_job") == 1
+    assert count("message", "role = 'user'") == 2  # the answer is stored in the conversation
+    assert seen[-1] == (answer.conversation_id, answer.message_id, "YES")
+
+
+def test_answer_outcome_job_is_published_after_commit():
+    answers_module.register_answer_handler(h := lambda c, m, t: AnswerOutcome(job_id=4242, reason="resumed"))
+    try:
+        published: list[int] = []
+        result = accept(inbound("YES"), publish=no_publish(published))
+    finally:
+        answers_module.unregister_answer_handler(h)
+    assert result.status == "answer" and published == [4242]
+
+
+def test_allowlist_policy_records_unknown_sender_and_ignores_it(settings_env):
+    settings_env(WEBHOOK_CONTACT_POLICY="allowlist", WEBHOOK_ALLOW_FROM="friend, other")
+    published: list[int] = []
+    stranger = accept(inbound(sender_id="stranger", sender_name="S"), publish=no_publish(published))
+    friend = accept(inbound(message_id="m-2", sender_id="friend"), publish=no_publish(published))
+    assert (stranger.status, friend.status) == ("ignored", "accepted")
+    assert published == [friend.job_id]
+    contact = Contact.get(Contact.sender_id == "stranger")
+    assert (contact.display_name, contact.allowed) == ("S", False)
+    assert count("message") == 1
+    # The provider retrying the ignored message is a duplicate, not a second decision.
+    assert accept(inbound(sender_id="stranger"), publish=lambda _: True).status == "duplicate"
+    # An operator allowing the contact lets its next message through.
+    Contact.update(allowed=True).where(Contact.sender_id == "stranger").execute()
+    assert (
+        accept(inbound(message_id="m-3", sender_id="stranger"), publish=lambda _: True).status == "accepted"
+    )
+
+
+def test_disabled_policy_ignores_everyone(settings_env):
+    settings_env(WEBHOOK_CONTACT_POLICY="disabled")
+    assert accept(inbound(), publish=lambda _: True).status == "ignored"
+    assert count("agent_job") == 0
+
+
+def test_message_without_provider_id_gets_a_derived_key():
+    sent = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+    first = accept(inbound("ok", message_id=None, sent_at=sent), publish=lambda _: True)
+    retry = accept(inbound("ok", message_id=None, sent_at=sent), publish=lambda _: True)
+    later = accept(inbound("ok", message_id=None, sent_at=sent.replace(minute=5)), publish=lambda _: True)
+    assert (first.status, retry.status, later.status) == ("accepted", "duplicate", "accepted")
+    (key,) = [row[0] for row in execute("SELECT provider_message_id FROM inbound_dedupe LIMIT 1")]
+    assert key.startswith("derived:")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"chat_id": ""}, "chat_id"),
+        ({"sender_id": 5}, "sender_id"),
+        ({"text": None}, "text"),
+        ({"provider_message_id": "x" * 300}, "provider_message_id"),
+        ({"account_id": "a\x00b"}, "account_id"),
+    ],
+)
+def test_invalid_inbound_names_the_field(overrides, field):
+    with pytest.raises(InvalidInbound) as info:
+        inbound(**overrides)
+    assert info.value.field == field and field in str(info.value)
+
+
+def test_round_trip_through_dict_keeps_unicode():
+    text = "héllo 👋🏽 שלום عربى e\u0301 \u200f"
+    message = inbound(text)
+    assert InboundMessage.from_dict(message.to_dict()) == message

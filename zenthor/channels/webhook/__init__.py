@@ -1,0 +1,3 @@
+"""The webhook channel: signed HTTP in (``zenthor gateway``), signed HTTP callbacks out."""
+
+CHANNEL = "webhook"

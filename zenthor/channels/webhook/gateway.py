@@ -1,0 +1,221 @@
+"""``zenthor gateway``: the webhook ingress, ``/healthz`` and ``/metrics`` (Starlette on uvicorn).
+
+``POST /v1/webhook/{account_id}/messages``: checks size (413 above 64 KiB), signature (401),
+JSON (400) and fields (422) before anything is written, then calls
+:func:`~zenthor.ingress.accept` in a worker thread: 202 accepted, 200 duplicate. accept is one
+transaction, so nothing is half-written on any error; a database outage answers 503 so the
+caller retries.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from peewee import InterfaceError, OperationalError
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from zenthor.channels.webhook.signing import SIGNATURE_HEADER, verify
+from zenthor.channels.webhook.validation import BodyError, FieldError, parse_body, to_inbound
+from zenthor.db import database, execute
+from zenthor.ingress import DUPLICATE, IGNORED, AcceptResult, InboundMessage, accept
+from zenthor.observability import emit
+from zenthor.observability import events as ev
+from zenthor.settings import Settings, get_settings
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_ACCOUNT_ID_LENGTH = 128
+
+_logger = logging.getLogger(__name__)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    publish: Callable[[int], object] | None = None,
+    broker: Any = None,
+) -> Starlette:
+    """The gateway application. ``publish`` and ``broker`` default to the real RabbitMQ ones."""
+    settings = settings or get_settings()
+    settings.require("WEBHOOK_SECRET")
+    if publish is None or broker is None:
+        import zenthor.actors  # noqa: F401 - declares the actors on the broker
+        from zenthor.actors.publish import publish_dispatch
+        from zenthor.broker import broker as default_broker
+
+        publish = publish or publish_dispatch
+        broker = broker or default_broker
+    secret = settings.WEBHOOK_SECRET
+    queue_registry = CollectorRegistry(auto_describe=False)
+    queue_registry.register(_QueueCollector())
+
+    async def receive_message(request: Request) -> Response:
+        account_id = request.path_params["account_id"]
+        try:
+            body = await _read_limited(request, MAX_BODY_BYTES)
+        except _TooLarge:
+            return _reject(account_id, 413, f"body is larger than {MAX_BODY_BYTES} bytes")
+        if not verify(body, request.headers.get(SIGNATURE_HEADER), secret):
+            reason = (
+                "missing signature" if SIGNATURE_HEADER.lower() not in request.headers else "bad signature"
+            )
+            return _reject(account_id, 401, f"{reason}: expected {SIGNATURE_HEADER}: sha256=<hex>")
+        if not account_id.strip() or len(account_id) > MAX_ACCOUNT_ID_LENGTH:
+            return _reject(account_id, 422, "account_id: must be 1 to 128 characters", field="account_id")
+        try:
+            message = to_inbound(account_id, parse_body(body))
+        except BodyError as error:
+            return _reject(account_id, 400, str(error))
+        except FieldError as error:
+            return _reject(account_id, 422, str(error), field=error.field)
+        try:
+            result = await run_in_threadpool(_accept_in_thread, message, publish)
+        except (OperationalError, InterfaceError) as error:
+            _logger.error("database unavailable: %s", str(error)[:200], extra={"event": "gateway.db_error"})
+            return _reject(account_id, 503, "database unavailable; retry later")
+        if result.status == DUPLICATE:
+            return JSONResponse({"status": "duplicate"}, status_code=200)
+        if result.status == IGNORED:
+            return JSONResponse({"status": "ignored"}, status_code=202)
+        return JSONResponse({"status": "accepted"}, status_code=202)
+
+    async def healthz(request: Request) -> Response:
+        ok, checks = await run_in_threadpool(health_checks, broker, settings.HEALTH_SWEEP_MAX_AGE_S)
+        return JSONResponse(
+            {"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503
+        )
+
+    async def metrics(request: Request) -> Response:
+        def render() -> bytes:
+            with database.connection_context():
+                return generate_latest(REGISTRY) + generate_latest(queue_registry)
+
+        try:
+            payload = await run_in_threadpool(render)
+        except (OperationalError, InterfaceError):
+            payload = generate_latest(REGISTRY)
+        return Response(payload, media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(
+        routes=[
+            Route("/v1/webhook/{account_id}/messages", receive_message, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+        ]
+    )
+
+
+def _accept_in_thread(message: InboundMessage, publish: Callable[[int], object]) -> AcceptResult:
+    # The thread hands its connection back to the pool after each request.
+    with database.connection_context():
+        return accept(message, publish=publish)
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _TooLarge
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _TooLarge
+    return bytes(body)
+
+
+def _reject(account_id: str, status: int, error: str, *, field: str | None = None) -> JSONResponse:
+    emit(ev.GATEWAY_REQUEST_REJECTED, account_id=account_id[:128], status=status, reason=error[:200])
+    content: dict[str, Any] = {"error": error}
+    if field is not None:
+        content["field"] = field
+    return JSONResponse(content, status_code=status)
+
+
+def health_checks(broker: Any, sweep_max_age_s: int) -> tuple[bool, dict[str, str]]:
+    """Postgres answers, RabbitMQ answers, the last sweep is recent: (all ok, reason per check)."""
+    checks: dict[str, str] = {}
+    last_sweep: datetime | None = None
+    try:
+        from zenthor.queue.sweep_state import last_finished_at
+
+        with database.connection_context():
+            execute("SELECT 1")
+            last_sweep = last_finished_at()
+        checks["postgres"] = "ok"
+    except Exception as error:  # noqa: BLE001 - any failure is the reason we report
+        checks["postgres"] = f"unreachable: {type(error).__name__}: {str(error).strip()[:150]}"
+    try:
+        broker.declare_queue("dispatch", ensure=True)
+        broker.get_queue_message_counts("dispatch")
+        checks["rabbitmq"] = "ok"
+    except Exception as error:  # noqa: BLE001
+        checks["rabbitmq"] = f"unreachable: {type(error).__name__}: {str(error).strip()[:150]}"
+    if checks["postgres"] != "ok":
+        checks["sweep"] = "unknown (postgres unreachable)"
+    elif last_sweep is None:
+        checks["sweep"] = "never ran (is `periodiq zenthor.actors` running?)"
+    else:
+        age = (datetime.now(UTC) - last_sweep).total_seconds()
+        checks["sweep"] = "ok" if age <= sweep_max_age_s else f"stale: last finished {age:.0f}s ago"
+    return all(value == "ok" for value in checks.values()), checks
+
+
+class _QueueCollector:
+    """Queue gauges read from Postgres at scrape time (right however many workers run)."""
+
+    def collect(self):
+        from zenthor.queue.stats import queue_snapshot
+
+        snapshot = queue_snapshot()
+        jobs = GaugeMetricFamily("zenthor_jobs", "agent_job rows by status", labels=["status"])
+        for status, count in snapshot["jobs"].items():
+            jobs.add_metric([status], count)
+        yield jobs
+        outbox = GaugeMetricFamily("zenthor_outbox", "outbound_message rows by status", labels=["status"])
+        for status in ("pending", "sending", "sent", "failed"):
+            outbox.add_metric([status], snapshot["outbox"].get(status, 0))
+        yield outbox
+        yield GaugeMetricFamily(
+            "zenthor_expired_leases", "processing jobs whose lease expired", value=snapshot["expired_leases"]
+        )
+        age = snapshot["oldest_pending_age_s"]
+        yield GaugeMetricFamily(
+            "zenthor_oldest_pending_age_seconds", "age of the oldest pending job", value=age or 0.0
+        )
+        sweep = snapshot["last_sweep"]
+        sweep_age = sweep["age_s"] if sweep and sweep["age_s"] is not None else -1
+        yield GaugeMetricFamily(
+            "zenthor_last_sweep_age_seconds",
+            "seconds since the last sweep finished (-1: never)",
+            value=sweep_age,
+        )
+
+
+def serve(host: str, port: int, *, workers: int = 1) -> None:
+    """Run the gateway with uvicorn until interrupted."""
+    import uvicorn
+
+    if workers > 1:
+        uvicorn.run(
+            "zenthor.channels.webhook.gateway:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_config=None,
+            access_log=False,
+        )
+    else:
+        uvicorn.run(create_app(), host=host, port=port, log_config=None, access_log=False)

@@ -1,0 +1,74 @@
+"""Webhook replies: POST each outbox row to ``WEBHOOK_CALLBACK_URL``, signed, with
+``Idempotency-Key: <outbound_id>`` so a retry of the same row can be dropped by the receiver.
+
+Any 2xx counts as delivered; a timeout, a connection error or any other status raises a
+retryable :class:`~zenthor.channels.SendError` (the outbox backs off and tries again).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import httpx
+
+from zenthor.channels import SendError, register_sender
+from zenthor.channels.webhook import CHANNEL
+from zenthor.channels.webhook.signing import SIGNATURE_HEADER, sign
+from zenthor.settings import get_settings
+
+_client: httpx.Client | None = None
+_client_lock = threading.Lock()
+
+
+def _http() -> httpx.Client:
+    global _client
+    with _client_lock:
+        if _client is None:
+            # One pooled client per process (httpx.Client is thread-safe); keep-alive matters at load.
+            _client = httpx.Client(limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
+        return _client
+
+
+def callback_body(lease) -> bytes:
+    """The JSON body of the callback for an outbox lease (UTF-8, text kept as is)."""
+    return json.dumps(
+        {
+            "outbound_id": lease.outbound_id,
+            "account_id": lease.account_id,
+            "chat_id": lease.chat_id,
+            "conversation_id": lease.conversation_id,
+            "in_reply_to": lease.in_reply_to,
+            "text": lease.text,
+        },
+        ensure_ascii=False,
+    ).encode("utf-8")
+
+
+def send_webhook(lease) -> None:
+    """POST one reply to the callback URL; raise :class:`SendError` unless it answered 2xx."""
+    settings = get_settings()
+    if not settings.WEBHOOK_CALLBACK_URL:
+        raise SendError("WEBHOOK_CALLBACK_URL is not set")
+    if not settings.WEBHOOK_SECRET:
+        raise SendError("WEBHOOK_SECRET is not set")
+    body = callback_body(lease)
+    headers = {
+        "Content-Type": "application/json; charset=utf-8",
+        "Idempotency-Key": str(lease.outbound_id),
+        "X-Zenthor-Provider-Message-Id": lease.provider_message_id,
+        SIGNATURE_HEADER: sign(body, settings.WEBHOOK_SECRET),
+    }
+    try:
+        response = _http().post(
+            settings.WEBHOOK_CALLBACK_URL, content=body, headers=headers, timeout=settings.WEBHOOK_TIMEOUT_S
+        )
+    except httpx.HTTPError as error:
+        raise SendError(f"callback failed: {type(error).__name__}: {str(error)[:150]}") from None
+    if not 200 <= response.status_code < 300:
+        raise SendError(f"callback answered HTTP {response.status_code}")
+
+
+def register() -> None:
+    """Register the webhook sender: any worker may deliver (queue ``outbound``)."""
+    register_sender(CHANNEL, send_webhook)

@@ -1,0 +1,22 @@
+"""Ingress: :class:`InboundMessage` and :func:`accept`, used by every channel (DESIGN.md I3)."""
+
+from zenthor.ingress.answers import AnswerHandler, AnswerOutcome, register_answer_handler
+from zenthor.ingress.dedupe import prune_dedupe_keys
+from zenthor.ingress.message import InboundMessage, InvalidInbound, parse_sent_at
+from zenthor.ingress.pipeline import ACCEPTED, ANSWER, DUPLICATE, IGNORED, AcceptResult, accept
+
+__all__ = [
+    "ACCEPTED",
+    "ANSWER",
+    "DUPLICATE",
+    "IGNORED",
+    "AcceptResult",
+    "AnswerHandler",
+    "AnswerOutcome",
+    "InboundMessage",
+    "InvalidInbound",
+    "accept",
+    "parse_sent_at",
+    "prune_dedupe_keys",
+    "register_answer_handler",
+]

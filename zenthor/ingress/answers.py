@@ -1,0 +1,54 @@
+"""The hook where an inbound can be the answer to a pending question instead of a new turn.
+
+The agent registers a handler (tool approvals: "YES" resumes the waiting job). :func:`accept`
+calls the handlers inside its transaction, after the user message is stored and before a turn
+job would be created; the first handler that returns an :class:`AnswerOutcome` wins, and then no
+turn job is created (``outcome.job_id``, if set, is published after commit).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class AnswerOutcome:
+    """What a handler did with the message."""
+
+    job_id: int | None  # a job to publish dispatch for after commit (e.g. the resumed job), or None
+    reason: str  # short label for the event/log, e.g. "approval_approved"
+
+
+AnswerHandler = Callable[[int, int, str], AnswerOutcome | None]  # (conversation_id, message_id, text)
+
+_handlers: list[AnswerHandler] = []
+_lock = threading.Lock()
+
+
+def register_answer_handler(handler: AnswerHandler) -> None:
+    """Add ``handler`` (called in registration order); registering the same one twice is a no-op."""
+    with _lock:
+        if handler not in _handlers:
+            _handlers.append(handler)
+
+
+def unregister_answer_handler(handler: AnswerHandler) -> None:
+    """Remove ``handler`` (tests, plugin unload)."""
+    with _lock:
+        if handler in _handlers:
+            _handlers.remove(handler)
+
+
+def find_answer(conversation_id: int, message_id: int, text: str) -> AnswerOutcome | None:
+    """The first handler's outcome, or None when the message is not an answer (caller's txn)."""
+    with _lock:
+        handlers = list(_handlers)
+    for handler in handlers:
+        outcome = handler(conversation_id, message_id, text)
+        if outcome is not None:
+            if not isinstance(outcome, AnswerOutcome):
+                raise TypeError(f"answer handler {handler!r} returned {type(outcome).__name__}")
+            return outcome
+    return None

@@ -1,0 +1,169 @@
+"""``accept``: the one entry point that turns an inbound message into work, exactly once (I3).
+
+One transaction: dedupe key ▸ contact policy ▸ conversation ▸ user message ▸ answer hook ▸ job.
+The dedupe key, the message and the job commit together, so a crash (or an error anywhere in
+between) leaves nothing behind and a retry of the same message is accepted, not skipped. After
+commit the dispatch nudge is published; if that publish fails the job stays pending and the sweep
+re-publishes it (I6).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from zenthor.db import database, execute
+from zenthor.ingress.answers import find_answer
+from zenthor.ingress.dedupe import record_key
+from zenthor.ingress.message import InboundMessage
+from zenthor.ingress.policy import policy_for
+from zenthor.observability import emit
+from zenthor.observability import events as ev
+from zenthor.queue import enqueue_job
+from zenthor.settings import get_settings
+
+Publisher = Callable[[int], object]
+
+ACCEPTED, DUPLICATE, ANSWER, IGNORED = "accepted", "duplicate", "answer", "ignored"
+
+_UPSERT_CONTACT = """
+INSERT INTO contact (channel, account_id, sender_id, display_name) VALUES (%s, %s, %s, %s)
+ON CONFLICT ON CONSTRAINT contact_channel_account_sender_key DO UPDATE
+   SET last_seen_at = now(), display_name = coalesce(EXCLUDED.display_name, contact.display_name)
+RETURNING allowed
+"""
+
+_INSERT_CONVERSATION = """
+INSERT INTO conversation (channel, account_id, chat_id) VALUES (%s, %s, %s)
+ON CONFLICT ON CONSTRAINT conversation_channel_account_chat_key DO NOTHING
+RETURNING id
+"""
+
+_INSERT_MESSAGE = """
+INSERT INTO message (conversation_id, role, content, sender_id, provider_message_id, created_at)
+VALUES (%s, 'user', %s, %s, %s, now())
+RETURNING id
+"""
+
+
+@dataclass(frozen=True)
+class AcceptResult:
+    """What :func:`accept` did.
+
+    ``status``: ``accepted`` (a turn job was created), ``duplicate`` (seen before, nothing
+    written), ``answer`` (an answer handler took it; ``job_id`` is the job it resumed, if any) or
+    ``ignored`` (the contact policy does not allow the sender; the key and contact are recorded).
+    """
+
+    status: str
+    conversation_id: int | None = None
+    message_id: int | None = None
+    job_id: int | None = None
+    reason: str | None = None
+    published: bool | None = None
+
+
+def accept(message: InboundMessage, *, publish: Publisher | None = None) -> AcceptResult:
+    """Accept ``message`` once; publish its job's dispatch nudge after commit.
+
+    ``publish`` defaults to :func:`zenthor.actors.publish.publish_dispatch` (imported lazily so
+    this module does not import the actors); tests pass their own. Must not run inside an open
+    transaction: the publish has to follow the commit.
+    """
+    if database.in_transaction():
+        raise RuntimeError("accept() must run outside a transaction: it commits before publishing")
+    key = message.dedupe_key()
+    policy = policy_for(message.channel, get_settings())
+    with database.atomic():
+        result = _accept_in_transaction(message, key, policy)
+    _emit(message, key, result)
+    if result.job_id is None:
+        return result
+    publisher = publish or _default_publisher()
+    published = publisher(result.job_id)
+    return AcceptResult(
+        result.status,
+        result.conversation_id,
+        result.message_id,
+        result.job_id,
+        result.reason,
+        published=published is not False,
+    )
+
+
+def _accept_in_transaction(message: InboundMessage, key: str, policy) -> AcceptResult:
+    if not record_key(message.channel, message.account_id, key):
+        return AcceptResult(DUPLICATE)
+    (operator_allowed,) = execute(
+        _UPSERT_CONTACT, (message.channel, message.account_id, message.sender_id, message.sender_name)
+    )[0]
+    if not policy.allows(message.sender_id, already_allowed=operator_allowed):
+        # The key stays recorded, so the provider's retries of this message are duplicates.
+        return AcceptResult(IGNORED, reason=f"policy_{policy.mode}")
+    conversation_id = _conversation_id(message)
+    (message_id,) = execute(
+        _INSERT_MESSAGE, (conversation_id, message.text, message.sender_id, message.provider_message_id)
+    )[0]
+    # The one place where a message can be the answer to a pending question (tool approvals)
+    # instead of the start of a turn. The handler writes in this same transaction.
+    outcome = find_answer(conversation_id, message_id, message.text)
+    if outcome is not None:
+        return AcceptResult(ANSWER, conversation_id, message_id, outcome.job_id, outcome.reason)
+    job_id = enqueue_job(conversation_id, message_id)
+    execute("UPDATE message SET job_id = %s WHERE id = %s", (job_id, message_id))
+    return AcceptResult(ACCEPTED, conversation_id, message_id, job_id)
+
+
+def _conversation_id(message: InboundMessage) -> int:
+    rows = execute(_INSERT_CONVERSATION, (message.channel, message.account_id, message.chat_id))
+    if rows:
+        return rows[0][0]
+    # Another transaction created it; ON CONFLICT waited for that one to commit, so it is visible.
+    return execute(
+        "SELECT id FROM conversation WHERE channel = %s AND account_id = %s AND chat_id = %s",
+        (message.channel, message.account_id, message.chat_id),
+    )[0][0]
+
+
+def _emit(message: InboundMessage, key: str, result: AcceptResult) -> None:
+    if result.status == DUPLICATE:
+        emit(
+            ev.INBOUND_DEDUPE_SKIPPED,
+            channel=message.channel,
+            account_id=message.account_id,
+            provider_message_id=key,
+        )
+    elif result.status == IGNORED:
+        emit(
+            ev.INBOUND_IGNORED,
+            channel=message.channel,
+            account_id=message.account_id,
+            sender_id=message.sender_id,
+            reason=result.reason,
+        )
+    elif result.status == ANSWER:
+        emit(
+            ev.INBOUND_ANSWERED,
+            channel=message.channel,
+            account_id=message.account_id,
+            conversation_id=result.conversation_id,
+            message_id=result.message_id,
+            job_id=result.job_id,
+            reason=result.reason,
+        )
+    else:
+        emit(
+            ev.INBOUND_ACCEPTED,
+            channel=message.channel,
+            account_id=message.account_id,
+            conversation_id=result.conversation_id,
+            message_id=result.message_id,
+            job_id=result.job_id,
+            provider_message_id=key,
+        )
+
+
+def _default_publisher() -> Publisher:
+    from zenthor.actors.publish import publish_dispatch
+
+    return publish_dispatch
