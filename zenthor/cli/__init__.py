@@ -8,6 +8,7 @@ from zenthor.cli.chat import chat_command
 from zenthor.cli.gateway import gateway_command
 from zenthor.cli.migrate import migrate_command
 from zenthor.cli.ops import ops
+from zenthor.cli.plugins import plugins
 from zenthor.cli.replay import replay_command
 
 
@@ -18,6 +19,7 @@ def cli() -> None:
 
 cli.add_command(migrate_command)
 cli.add_command(ops)
+cli.add_command(plugins)
 cli.add_command(gateway_command)
 cli.add_command(chat_command)
 cli.add_command(replay_command)

@@ -226,6 +226,45 @@ ECHO_RESPONDER = event(
     description="no model configured: the echo responder answered",
 )
 
+# --- plugins (issue 4) --------------------------------------------------------------------
+PLUGINS_LOADED = event(
+    "plugins.load.completed",
+    "load_cycle",
+    "activated",
+    "conflict",
+    "invalid",
+    "disabled",
+    "tools",
+    "duration_ms",
+)
+PLUGIN_NOT_ACTIVATED = event(
+    "plugins.plugin.not_activated",
+    "plugin_id",
+    "source",
+    "status",
+    "reason",
+    level=logging.WARNING,
+    description="an enabled plugin that did not activate (conflict or invalid), with the first diagnostic",
+)
+PLUGINS_CONFIG_PROBLEM = event(
+    "plugins.config.problem", "path", "detail", "severity", level=logging.WARNING
+)
+PLUGINS_PERSIST_FAILED = event("plugins.status.persist_failed", "error", level=logging.ERROR)
+TOOL_CALLED = event(
+    "plugins.tool.called",
+    "tool",
+    "plugin_id",
+    "ok",
+    "failure",
+    "duration_ms",
+    "conversation_id",
+    "job_id",
+    description="failure is a kind (unknown_tool, not_allowed, invalid_arguments, error, exception, timeout), never content",
+)
+REMINDER_DELIVERED = event(
+    "plugins.reminder.delivered", "reminder_id", "conversation_id", "outbound_id", "late_ms"
+)
+
 # --- ingress, outbox delivery (issue 3, continued) --------------------------------------------
 OUTBOUND_PUBLISH_FAILED = event(
     "outbound.publish_failed", "outbound_id", "queue", "error", level=logging.WARNING
