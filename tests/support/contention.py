@@ -1,0 +1,78 @@
+"""A contention worker process: N threads race to claim and complete the same jobs.
+
+Run as ``python -m tests.support.contention NAME THREADS``. Each thread repeatedly picks heads of
+line and other open jobs at random, claims, records that it holds
+the job in ``contention_probe`` while "working", and completes with an assistant message. A
+sampler in the test process reads ``contention_probe`` and ``agent_job`` all along.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import threading
+import time
+
+from zenthor.db import database, execute, init_database
+from zenthor.models import Message
+from zenthor.queue import Lease, LeaseLost, claim, complete
+
+# Half heads of line (both processes aim at the same jobs), half any open job (claims must refuse
+# the ones behind an older job of their conversation).
+_CANDIDATES = """
+(SELECT id FROM (
+    SELECT DISTINCT ON (conversation_id) id FROM agent_job
+     WHERE status IN ('pending', 'processing') ORDER BY conversation_id, id
+ ) AS heads ORDER BY random() LIMIT 4)
+UNION ALL
+(SELECT id FROM agent_job WHERE status IN ('pending', 'processing') ORDER BY random() LIMIT 4)
+"""
+
+
+def work(name: str, stop: threading.Event) -> None:
+    with database.connection_context():
+        while not stop.is_set():
+            heads = [row[0] for row in execute(_CANDIDATES)]
+            if not heads:
+                if not execute("SELECT 1 FROM agent_job WHERE status <> 'done' LIMIT 1"):
+                    return
+                time.sleep(0.01)
+                continue
+            for job_id in heads:
+                lease = claim(job_id, name)
+                if not isinstance(lease, Lease):
+                    continue
+                execute(
+                    "INSERT INTO contention_probe (job_id, conversation_id, token) VALUES (%s, %s, %s)",
+                    (lease.job_id, lease.conversation_id, lease.token),
+                )
+                time.sleep(random.uniform(0, 0.002))
+                execute("DELETE FROM contention_probe WHERE token = %s", (lease.token,))
+                try:
+                    complete(
+                        lease,
+                        write=lambda held: Message.create(
+                            conversation=held.conversation_id,
+                            role="assistant",
+                            content=f"job {held.job_id}",
+                            job_id=held.job_id,
+                        ),
+                    )
+                except LeaseLost:
+                    pass
+
+
+def main() -> None:
+    name, threads = sys.argv[1], int(sys.argv[2])
+    init_database(pool_size=threads + 2)
+    stop = threading.Event()
+    workers = [threading.Thread(target=work, args=(f"{name}-t{i}", stop)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=300)
+    stop.set()
+
+
+if __name__ == "__main__":
+    main()
