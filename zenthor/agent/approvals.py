@@ -134,7 +134,10 @@ def approval_prompt(tool_name: str, arguments: dict) -> str:
     if len(shown) > 300:
         shown = shown[:297] + "..."
     detail = f" with {shown}" if arguments else ""
-    return f"I'd like to use {tool_name}{detail}. Reply YES to approve or NO to reject."
+    return f"I'd like to use {tool_name}{detail}. {APPROVAL_PROMPT_SUFFIX}"
+
+
+APPROVAL_PROMPT_SUFFIX = "Reply YES to approve or NO to reject."
 
 
 @dataclass(frozen=True)
