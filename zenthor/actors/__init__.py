@@ -22,6 +22,7 @@ from zenthor.actors.deliver import deliver  # noqa: E402, F401
 from zenthor.actors.publish import publish_dispatch  # noqa: E402
 from zenthor.actors.sweep import sweep, sweep_recheck  # noqa: E402
 from zenthor.middleware.boot_sweep import KickSweepOnBoot  # noqa: E402
+import zenthor.actors.approvals  # noqa: E402, F401 - approval answers and expiry
 import zenthor.plugins.builtin.core_schedule.sweep_step  # noqa: E402, F401 - due reminders
 
 # A lease released at warm shutdown is re-published at once so another worker takes it.
