@@ -13,7 +13,6 @@ from zenthor.channels.webhook import CHANNEL
 from zenthor.ingress import InboundMessage, InvalidInbound, parse_sent_at
 
 REQUIRED_STRINGS = ("message_id", "chat_id", "sender_id", "text")
-MAX_TEXT_LENGTH = 32_000
 
 
 class BodyError(ValueError):
@@ -56,8 +55,6 @@ def to_inbound(account_id: str, data: dict[str, Any]) -> InboundMessage:
             raise FieldError(name, f"must be a string, got {_json_type(data[name])}")
     if not data["text"].strip():
         raise FieldError("text", "must not be empty")
-    if len(data["text"]) > MAX_TEXT_LENGTH:
-        raise FieldError("text", f"is longer than {MAX_TEXT_LENGTH} characters")
     sender_name = data.get("sender_name")
     if sender_name is not None and not isinstance(sender_name, str):
         raise FieldError("sender_name", f"must be a string, got {_json_type(sender_name)}")

@@ -1,0 +1,247 @@
+"""The webhook gateway over real HTTP: signatures, body and field errors, size, unicode, health."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from tests.ingress.helpers import ThreadedGateway, count
+from zenthor.channels.webhook.gateway import create_app
+from zenthor.channels.webhook.signing import SIGNATURE_HEADER, sign
+from zenthor.models import Message
+from zenthor.queue import sweep_state
+
+SECRET = "gateway-secret"
+
+
+@pytest.fixture
+def gateway(settings_env):
+    settings_env(WEBHOOK_SECRET=SECRET)
+    published: list[int] = []
+    running = ThreadedGateway(create_app(publish=lambda job_id: published.append(job_id) or True))
+    running.published = published
+    with httpx.Client(base_url=running.url, timeout=10) as client:
+        running.client = client
+        yield running
+    running.stop()
+
+
+def post(gateway, body: bytes | dict, *, account: str = "acct", signature: str | None = "sign", headers=None):
+    raw = json.dumps(body, ensure_ascii=False).encode() if isinstance(body, dict) else body
+    sent_headers = {"Content-Type": "application/json", **(headers or {})}
+    if signature == "sign":
+        sent_headers[SIGNATURE_HEADER] = sign(raw, SECRET)
+    elif signature is not None:
+        sent_headers[SIGNATURE_HEADER] = signature
+    return gateway.client.post(f"/v1/webhook/{account}/messages", content=raw, headers=sent_headers)
+
+
+def valid(**overrides) -> dict:
+    body = {"message_id": "m-1", "chat_id": "chat-1", "sender_id": "u-1", "text": "hello"}
+    body.update(overrides)
+    return body
+
+
+def nothing_written() -> bool:
+    return all(
+        count(table) == 0 for table in ("inbound_dedupe", "message", "agent_job", "conversation", "contact")
+    )
+
+
+def test_accepted_then_duplicate(gateway):
+    first = post(gateway, valid(sender_name="Ann", sent_at="2025-05-01T10:00:00Z"))
+    assert (first.status_code, first.json()) == (202, {"status": "accepted"})
+    again = post(gateway, valid(sender_name="Ann", sent_at="2025-05-01T10:00:00Z"))
+    assert (again.status_code, again.json()) == (200, {"status": "duplicate"})
+    assert count("message") == 1 and count("agent_job") == 1
+    assert len(gateway.published) == 1
+
+
+@pytest.mark.parametrize(
+    "signature",
+    [
+        None,
+        "",
+        "sha256=" + "0" * 64,
+        "md5=abc",
+        "sha256=zz",
+        sign(b"other body", SECRET),
+        sign(b"x", "wrong"),
+    ],
+)
+def test_missing_or_wrong_signature_is_401_and_writes_nothing(gateway, signature):
+    response = post(gateway, valid(), signature=signature)
+    assert response.status_code == 401
+    assert SIGNATURE_HEADER in response.json()["error"]
+    assert nothing_written()
+
+
+def test_signature_over_a_different_body_is_refused(gateway):
+    raw = json.dumps(valid()).encode()
+    response = gateway.client.post(
+        "/v1/webhook/acct/messages",
+        content=raw + b" ",
+        headers={SIGNATURE_HEADER: sign(raw, SECRET)},
+    )
+    assert response.status_code == 401 and nothing_written()
+
+
+@pytest.mark.parametrize(
+    ("raw", "needle"),
+    [
+        (b"{not json", "not JSON"),
+        (b"", "empty"),
+        (b"[1, 2]", "JSON object, got array"),
+        (b'"text"', "JSON object, got string"),
+        (b"\xff\xfe{}", "UTF-8"),
+    ],
+)
+def test_broken_json_is_400_naming_the_problem(gateway, raw, needle):
+    response = post(gateway, raw)
+    assert response.status_code == 400
+    assert needle in response.json()["error"]
+    assert nothing_written()
+
+
+@pytest.mark.parametrize("field", ["message_id", "chat_id", "sender_id", "text"])
+def test_missing_field_is_422_naming_it(gateway, field):
+    body = valid()
+    del body[field]
+    response = post(gateway, body)
+    assert response.status_code == 422
+    assert response.json()["field"] == field and field in response.json()["error"]
+    assert nothing_written()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "needle"),
+    [
+        ("message_id", 123, "must be a string, got number"),
+        ("chat_id", ["c"], "must be a string, got array"),
+        ("sender_id", {"id": 1}, "must be a string, got object"),
+        ("text", True, "must be a string, got boolean"),
+        ("sender_name", 5, "must be a string, got number"),
+        ("sent_at", "yesterday", "not an ISO 8601 time"),
+        ("sent_at", False, "boolean"),
+        ("text", "", "must not be empty"),
+        ("text", "   \n ", "must not be empty"),
+        ("message_id", "", "must not be empty"),
+        ("chat_id", "x" * 300, "longer than"),
+    ],
+)
+def test_mistyped_or_empty_field_is_422_naming_it(gateway, field, value, needle):
+    response = post(gateway, valid(**{field: value}))
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == field and needle in response.json()["error"]
+    assert nothing_written()
+
+
+def test_body_over_64_kib_is_413(gateway):
+    response = post(gateway, valid(text="a" * (64 * 1024)))
+    assert response.status_code == 413 and nothing_written()
+
+
+def test_body_over_64_kib_without_content_length_is_413(gateway):
+    raw = json.dumps(valid(text="b" * (70 * 1024))).encode()
+
+    def chunks():
+        for start in range(0, len(raw), 8192):
+            yield raw[start : start + 8192]
+
+    response = gateway.client.post(
+        "/v1/webhook/acct/messages", content=chunks(), headers={SIGNATURE_HEADER: sign(raw, SECRET)}
+    )
+    assert response.status_code == 413 and nothing_written()
+
+
+def test_body_just_under_the_limit_is_accepted(gateway):
+    body = valid(text="")
+    overhead = len(json.dumps(body).encode())
+    body["text"] = "c" * (64 * 1024 - overhead)
+    assert len(json.dumps(body).encode()) == 64 * 1024
+    response = post(gateway, body)
+    assert response.status_code == 202, response.text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "emoji 👩‍👩‍👧‍👦 🏳️‍🌈 👍🏽",
+        "שלום עולם، مرحبا بالعالم",
+        "e\u0301 a\u0308 \u0915\u094d\u0937 Z\u0351\u0352\u0353",
+        "\u202eRTL override\u202c and zero\u200bwidth",
+        'line1\r\nline2\ttab \\ "quotes"',
+    ],
+)
+def test_unicode_text_is_kept_byte_for_byte(gateway, text):
+    response = post(gateway, valid(text=text))
+    assert response.status_code == 202
+    stored = Message.get(Message.role == "user").content
+    assert stored.encode("utf-8") == text.encode("utf-8")
+
+
+def test_escaped_unicode_in_json_is_decoded_to_the_same_text(gateway):
+    raw = b'{"message_id": "m", "chat_id": "c", "sender_id": "s", "text": "\\ud83d\\ude00 ok"}'
+    assert post(gateway, raw).status_code == 202
+    assert Message.get(Message.role == "user").content == "😀 ok"
+
+
+def test_unknown_route_and_wrong_method(gateway):
+    assert gateway.client.get("/v1/webhook/acct/messages").status_code == 405
+    assert gateway.client.post("/v1/nope").status_code == 404
+
+
+def test_healthz_is_503_until_a_sweep_ran_then_200(gateway):
+    response = gateway.client.get("/healthz")
+    assert response.status_code == 503
+    checks = response.json()["checks"]
+    assert checks["postgres"] == "ok" and checks["rabbitmq"] == "ok"
+    assert "never ran" in checks["sweep"]
+    sweep_state.record_start("manual")
+    sweep_state.record_finish({"requeued": 0})
+    response = gateway.client.get("/healthz")
+    assert response.status_code == 200 and response.json()["status"] == "ok"
+
+
+def test_healthz_reports_a_stale_sweep(gateway, settings_env):
+    from zenthor.db import execute
+
+    sweep_state.record_start("manual")
+    sweep_state.record_finish({})
+    execute("UPDATE sweep_state SET last_finished_at = now() - interval '1 hour'")
+    response = gateway.client.get("/healthz")
+    assert response.status_code == 503 and response.json()["checks"]["sweep"].startswith("stale")
+
+
+def test_healthz_reports_an_unreachable_broker(settings_env):
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+    settings_env(WEBHOOK_SECRET=SECRET)
+    dead = RabbitmqBroker(url="amqp://guest:guest@127.0.0.1:1/%2F", middleware=[])
+    running = ThreadedGateway(create_app(publish=lambda _: True, broker=dead))
+    try:
+        sweep_state.record_start("manual")
+        sweep_state.record_finish({})
+        response = httpx.get(f"{running.url}/healthz", timeout=20)
+    finally:
+        running.stop()
+    assert response.status_code == 503
+    assert response.json()["checks"]["rabbitmq"].startswith("unreachable")
+
+
+def test_metrics_expose_queue_gauges_and_event_counters(gateway):
+    post(gateway, valid())
+    text = gateway.client.get("/metrics").text
+    assert 'zenthor_jobs{status="pending"} 1.0' in text
+    assert 'zenthor_outbox{status="pending"} 0.0' in text
+    assert 'zenthor_events_total{event="inbound.accepted"}' in text
+
+
+def test_gateway_refuses_to_start_without_a_secret(settings_env):
+    from zenthor.settings import SettingsError
+
+    settings_env(WEBHOOK_SECRET="")
+    with pytest.raises(SettingsError, match="WEBHOOK_SECRET"):
+        create_app(publish=lambda _: True)
