@@ -1,0 +1,159 @@
+"""Agent turns against a slow model: does throughput scale with threads while the model is the bottleneck?
+
+    python -m bench.turn [--delay-ms 200] [--threads 1,8,32] [--turns-per-thread 8]
+
+Runs in a fresh Postgres database and RabbitMQ vhost of its own (dropped at the end), with a fake
+OpenAI-compatible model on 127.0.0.1 that answers every request after a fixed delay. For each
+thread count N, N threads run the real dispatch path (``process_job``: claim, the agent turn with
+its HTTP call to the model, token-fenced completion with the reply and its outbox row) over one
+job per conversation. The baseline, measured in the same run, is the ideal for a model-bound
+system: N / delay turns per second. Prints turns/s, the ratio to that ideal, and the process's
+resident memory added per thread (peak RSS during the run minus RSS before it, over N).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+RUN = uuid.uuid4().hex[:8]
+ADMIN_URL = os.environ.get("ZENTHOR_BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+AMQP_BASE = os.environ.get("ZENTHOR_BENCH_AMQP_BASE", "amqp://guest:guest@127.0.0.1:5672")
+DB_NAME = f"zenthor_bench_turn_{RUN}"
+VHOST = f"zenthor_bench_turn_{RUN}"
+os.environ.update(
+    {
+        "DATABASE_URL": f"{ADMIN_URL.rsplit('/', 1)[0]}/{DB_NAME}",
+        "RABBITMQ_URL": f"{AMQP_BASE}/{VHOST}",
+        "LOG_LEVEL": "WARNING",
+        "DATABASE_POOL_SIZE": "64",
+        "AI_MODEL": "bench-model",
+        "AI_API_KEY": "bench",
+    }
+)
+
+
+def rss_kib() -> int:
+    """This process's resident set size in KiB (Linux)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+class PeakRss:
+    """Samples RSS every 20 ms in the background; ``peak`` is the highest seen."""
+
+    def __init__(self) -> None:
+        self.peak = rss_kib()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, rss_kib())
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def make_jobs(count: int, tag: str) -> list[int]:
+    """One user message and job per conversation, so every job may run at once."""
+    from zenthor.db import database
+    from zenthor.models import Conversation, Message
+    from zenthor.queue import enqueue_job
+
+    ids = []
+    with database.atomic():
+        for i in range(count):
+            conversation = Conversation.create(channel="bench", account_id="bench", chat_id=f"{tag}-{i}")
+            message = Message.create(conversation=conversation.id, role="user", content=f"hello {i}")
+            ids.append(enqueue_job(conversation.id, message.id))
+    return ids
+
+
+def run(threads: int, turns: int, tag: str) -> tuple[float, int, int]:
+    """(turns per second, RSS KiB added per thread, turns that did not finish as done)."""
+    from zenthor.actors.dispatch import process_job
+    from zenthor.db import database
+
+    jobs = make_jobs(turns, tag)
+    before = rss_kib()
+
+    def one(job_id: int) -> str:
+        try:
+            return process_job(job_id)
+        finally:
+            database.close()  # give the pooled connection back, as the worker middleware does
+
+    with PeakRss() as peak, ThreadPoolExecutor(max_workers=threads) as pool:
+        started = time.perf_counter()
+        outcomes = list(pool.map(one, jobs))
+        elapsed = time.perf_counter() - started
+    failed = sum(1 for outcome in outcomes if outcome != "done")
+    return turns / elapsed, max(peak.peak - before, 0) // threads, failed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--delay-ms", type=int, default=200)
+    parser.add_argument("--threads", default="1,8,32")
+    parser.add_argument("--turns-per-thread", type=int, default=8)
+    args = parser.parse_args()
+    thread_counts = [int(t) for t in args.threads.split(",")]
+
+    sys.path.insert(0, os.getcwd())
+    from tests.support import services
+    from tests.support.fake_model import FakeModel
+
+    services.create_database(ADMIN_URL, DB_NAME)
+    services.create_vhost(VHOST)
+    model = FakeModel(delay_s=args.delay_ms / 1000.0).start()
+    os.environ["AI_BASE_URL"] = model.base_url
+    try:
+        from zenthor.db import close_database, init_database
+        from zenthor.migrations import migrate
+
+        init_database()
+        migrate()
+        import zenthor.actors  # noqa: F401 - the broker and actors, as in a worker
+
+        # Warm up: the SDK client, the connection pool, imports.
+        run(2, 4, "warmup")
+        print(f"fake model delay {args.delay_ms} ms; baseline = ideal model-bound rate threads/delay")
+        print(f"{'threads':>7} {'turns':>6} {'turns/s':>9} {'ideal/s':>9} {'ratio':>6} {'KiB/thread':>11} {'failed':>6}")
+        for threads in thread_counts:
+            turns = max(threads * args.turns_per_thread, 8)
+            rate, kib_per_thread, failed = run(threads, turns, f"t{threads}")
+            ideal = threads / (args.delay_ms / 1000.0)
+            print(
+                f"{threads:>7} {turns:>6} {rate:>9.1f} {ideal:>9.1f} {rate / ideal:>6.2f} "
+                f"{kib_per_thread:>11} {failed:>6}"
+            )
+        close_database()
+    finally:
+        model.stop()
+        try:
+            from zenthor.broker import broker
+
+            broker.close()
+        except Exception:  # noqa: BLE001
+            pass
+        services.drop_database(ADMIN_URL, DB_NAME)
+        services.delete_vhost(VHOST)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
