@@ -132,7 +132,9 @@ def main() -> int:
         # Warm up: the SDK client, the connection pool, imports.
         run(2, 4, "warmup")
         print(f"fake model delay {args.delay_ms} ms; baseline = ideal model-bound rate threads/delay")
-        print(f"{'threads':>7} {'turns':>6} {'turns/s':>9} {'ideal/s':>9} {'ratio':>6} {'KiB/thread':>11} {'failed':>6}")
+        print(
+            f"{'threads':>7} {'turns':>6} {'turns/s':>9} {'ideal/s':>9} {'ratio':>6} {'KiB/thread':>11} {'failed':>6}"
+        )
         for threads in thread_counts:
             turns = max(threads * args.turns_per_thread, 8)
             rate, kib_per_thread, failed = run(threads, turns, f"t{threads}")

@@ -109,9 +109,15 @@ def _hard_cut(text: str, limit: int) -> int:
     # Never start a part with a combining mark, a zero-width joiner or a variation selector: it
     # belongs to the character before it.
     cut = limit
-    while cut > 1 and (_attaches_to_previous(text[cut]) or text[cut - 1] == "\u200d"):
+    while cut > 1 and (_attaches_to_previous(text[cut]) or _joins_next(text[cut - 1])):
         cut -= 1
     return cut
+
+
+def _joins_next(char: str) -> bool:
+    # A zero-width joiner (emoji sequences) or a virama (Indic conjuncts, combining class 9)
+    # binds the following character to the one before it.
+    return char == "\u200d" or unicodedata.combining(char) == 9
 
 
 def _attaches_to_previous(char: str) -> bool:
