@@ -1,0 +1,118 @@
+"""The terminal chat, replay, the ingest actor, dedupe pruning, and the sender registry."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.ingress.helpers import count, inbound
+from tests.support.workers import wait_for
+from zenthor.actors.sweep import run_sweep
+from zenthor.channels import get_sender, register_sender
+from zenthor.channels.terminal.chat import TerminalChat
+from zenthor.db import execute
+from zenthor.ingress import accept, prune_dedupe_keys
+from zenthor.ingress.replay import replay_lines
+
+
+def test_terminal_chat_shows_each_reply_once_in_order(worker):
+    shown: list[str] = []
+    chat = TerminalChat("local", "alice", "alice", shown.append)
+    assert chat.send("first").status == "accepted"
+    assert chat.send("second").status == "accepted"
+    wait_for(lambda: chat.poll_once() >= 0 and len(shown) == 2, 15, message="two replies shown")
+    # The default turn echoes the message (its exact wording belongs to the agent).
+    assert shown[0].endswith("first") and shown[1].endswith("second")
+    assert chat.poll_once() == 0
+    assert count("outbound_message", "status = 'sent'") == 2
+    # Another chat window on the same conversation shows nothing again.
+    other: list[str] = []
+    assert TerminalChat("local", "alice", "alice", other.append).poll_once() == 0 and other == []
+
+
+def test_terminal_replies_wait_in_the_outbox_until_a_chat_polls(worker):
+    chat = TerminalChat("local", "bob", "bob", lambda text: None)
+    chat.send("while away")
+    wait_for(lambda: count("outbound_message") == 1, 15)
+    assert count("outbound_message", "status = 'pending'") == 1
+    later: list[str] = []
+    assert TerminalChat("local", "bob", "bob", later.append).poll_once() == 1
+    assert len(later) == 1 and later[0].endswith("while away")
+
+
+def test_replay_counts_duplicates_and_invalid_lines():
+    first = inbound("one", message_id="r-1").to_dict()
+    second = inbound("two", message_id="r-2").to_dict()
+    legacy = {**inbound("three").to_dict(), "message_id": "r-3"}
+    del legacy["provider_message_id"]
+    lines = [
+        json.dumps(first),
+        json.dumps(second),
+        "",
+        json.dumps(first),
+        json.dumps(legacy),
+        "{oops",
+        '{"channel": "webhook"}',
+    ]
+    report = replay_lines(lines, publish=lambda _: True)
+    assert (report.accepted, report.duplicate, report.invalid) == (3, 1, 2)
+    assert report.errors[0].startswith("line 6: not JSON")
+    assert report.errors[1] == "line 7: account_id: is required"
+    again = replay_lines(lines, publish=lambda _: True)
+    assert (again.accepted, again.duplicate) == (0, 4)
+    assert count("message") == 3
+
+
+def test_replay_command_end_to_end(tmp_path):
+    path = tmp_path / "events.jsonl"
+    path.write_text(
+        "\n".join(json.dumps(inbound(f"t{i}", message_id=f"x-{i % 5}").to_dict()) for i in range(10))
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "zenthor.cli", "replay", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "accepted 5, duplicates skipped 5" in result.stdout
+    assert count("agent_job") == 5
+
+
+def test_ingest_actor_accepts_once(worker):
+    from zenthor.actors.ingest import ingest, send_inbound
+
+    message = inbound("via actor")
+    for _ in range(3):
+        send_inbound(message)
+    ingest.send({"channel": "webhook"})  # invalid: rejected, not retried
+    wait_for(lambda: count("outbound_message") == 1, 15)
+    worker.broker.join("ingest", timeout=10_000)
+    assert count("message", "role = 'user'") == 1 and count("agent_job") == 1
+
+
+def test_sweep_prunes_old_dedupe_keys_in_batches(settings_env):
+    settings_env(INBOUND_DEDUPE_TTL_S="3600")
+    for i in range(25):
+        accept(inbound(message_id=f"old-{i}"), publish=lambda _: True)
+    accept(inbound(message_id="fresh"), publish=lambda _: True)
+    execute(
+        "UPDATE inbound_dedupe SET created_at = now() - interval '2 hours' WHERE provider_message_id LIKE 'old-%%'"
+    )
+    assert prune_dedupe_keys(batch=10, max_batches=2) == {"pruned_dedupe": 20}
+    assert run_sweep("manual")["pruned_dedupe"] == 5
+    assert count("inbound_dedupe") == 1
+    # A pruned key no longer dedupes (beyond retention, a replay is a new message).
+    assert accept(inbound(message_id="old-1"), publish=lambda _: True).status == "accepted"
+
+
+def test_sender_registry_validates_and_routes():
+    assert get_sender("webhook").queue_name == "outbound"
+    assert get_sender("terminal").queue_name is None
+    with pytest.raises(ValueError, match="queue_name=None"):
+        register_sender("broken", None)
+    register_sender("whatsapp-test", lambda lease: None, queue_name="outbound.whatsapp-test")
+    from zenthor.actors.deliver import queue_for_channel
+
+    assert queue_for_channel("whatsapp-test") == "outbound.whatsapp-test"
+    assert queue_for_channel("unknown-channel") == "outbound"
