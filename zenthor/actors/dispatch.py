@@ -167,9 +167,16 @@ def _fail(lease: Lease, error: TurnError) -> str:
 
 
 def _after_finish(lease: Lease, written: WrittenReplies | None) -> None:
-    """After commit: deliver the replies, and nudge the conversation's next job at once."""
-    if written is not None and written.outbound_ids:
-        publish_deliveries(written.outbound_ids)
-    next_job = next_pending_job(lease.conversation_id)
-    if next_job is not None:
-        publish_dispatch(next_job)
+    """After commit: deliver the replies, and nudge the conversation's next job at once.
+
+    The job is already finished here; if a warm shutdown interrupts these nudges, the outbox and
+    dispatch sweeps re-publish what was missed, so the message is still acked as done.
+    """
+    try:
+        if written is not None and written.outbound_ids:
+            publish_deliveries(written.outbound_ids)
+        next_job = next_pending_job(lease.conversation_id)
+        if next_job is not None:
+            publish_dispatch(next_job)
+    except Shutdown:
+        pass
