@@ -279,3 +279,21 @@ def test_each_load_cycle_replaces_the_previous_rows(tmp_path, plugin_root):
         "core-time": ("activated", second.load_cycle),
         "demo": ("disabled", second.load_cycle),
     }
+
+
+def test_plugin_that_hangs_while_starting_is_invalid(tmp_path, plugin_root, monkeypatch):
+    from zenthor.plugins import registry as registry_module
+
+    monkeypatch.setattr(registry_module, "ACTIVATION_TIMEOUT_S", 0.5)
+    write_plugin(
+        plugin_root,
+        "sleepy",
+        manifest("sleepy"),
+        "import threading\n\ndef activate(config):\n    threading.Event().wait(30)\n",
+    )
+    write_plugin(plugin_root, "demo", manifest("demo"))
+    report = load(tmp_path, '[plugins]\nenabled = ["sleepy", "demo"]\n', plugin_root)
+    sleepy = report.record("sleepy")
+    assert sleepy.status == "invalid"
+    assert "TimeoutError: activation did not finish within 0.5s; abandoned" in sleepy.diagnostics[0].message
+    assert report.record("demo").status == "activated"

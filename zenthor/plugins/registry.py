@@ -18,6 +18,7 @@ persisted in ``plugin_status`` (see :mod:`zenthor.plugins.diagnostics`).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -116,6 +117,8 @@ def load_plugins(
 
 
 _STATUSES = ("activated", "conflict", "invalid", "disabled")
+# How long importing a plugin and calling its activate() may take before it is marked invalid.
+ACTIVATION_TIMEOUT_S = 15.0
 
 
 def _persist(records: list[PluginRecord]) -> int | None:
@@ -280,8 +283,24 @@ class _Activation:
 
     @staticmethod
     def _start(candidate: Candidate, manifest: Manifest, config: dict[str, Any]) -> Mapping[str, ToolHandler]:
-        activate = import_entrypoint(manifest.entrypoint, candidate.base_dir, manifest.id)
-        handlers = activate(config)
+        """Import and activate in a daemon thread, so a plugin that hangs while starting is given up on."""
+        outcome: dict[str, Any] = {}
+
+        def start() -> None:
+            try:
+                activate = import_entrypoint(manifest.entrypoint, candidate.base_dir, manifest.id)
+                outcome["handlers"] = activate(config)
+            except BaseException as error:  # noqa: BLE001 - re-raised in the loading thread
+                outcome["error"] = error
+
+        thread = threading.Thread(target=start, name=f"plugin-start-{manifest.id}", daemon=True)
+        thread.start()
+        thread.join(ACTIVATION_TIMEOUT_S)
+        if thread.is_alive():
+            raise TimeoutError(f"activation did not finish within {ACTIVATION_TIMEOUT_S:g}s; abandoned")
+        if "error" in outcome:
+            raise outcome["error"]
+        handlers = outcome["handlers"]
         if not isinstance(handlers, Mapping):
             raise TypeError(
                 f"activate() returned {type(handlers).__name__}, expected a dict of tool handlers"
