@@ -124,3 +124,55 @@ class ThreadedGateway:
     def stop(self) -> None:
         self.server.should_exit = True
         self._thread.join(timeout=10)
+
+
+class GatewayProcess:
+    """A real ``zenthor gateway`` process on a free port; stopped with SIGTERM."""
+
+    def __init__(self, env: dict[str, str], *, workers: int = 1) -> None:
+        import os
+        import subprocess
+        import sys
+        import tempfile
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = tempfile.mkstemp(prefix="zenthor-gateway-", suffix=".log")[1]
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        command = [sys.executable, "-m", "zenthor.cli", "gateway", "--port", str(self.port)]
+        if workers > 1:
+            command += ["--workers", str(workers)]
+        self.proc = subprocess.Popen(
+            command,
+            env={**os.environ, "LOG_LEVEL": "WARNING", **env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        import httpx
+
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{self.url}/healthz", timeout=2)
+                return
+            except httpx.HTTPError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"gateway did not start: {open(self.log_path).read()[-2000:]}"
+                    ) from None
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        import os
+        import signal
+        import subprocess
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self._log.close()
