@@ -258,3 +258,15 @@ def test_concurrent_requeues_take_each_stale_job_once():
         thread.join()
     assert sorted(seen) == sorted(lease.job_id for lease in leases)
     assert {j.attempts for j in AgentJob.select()} == {1}
+
+
+def test_an_operator_can_retry_a_failed_job_once():
+    from zenthor.queue import retry_failed
+
+    job_id = make_job(make_conversation(), max_attempts=1)
+    fail(claim(job_id, "w"), reason="server", message="boom")
+    assert retry_failed(job_id)
+    assert not retry_failed(job_id)  # already pending
+    row = job(job_id)
+    assert (row.status, row.attempts) == ("pending", 0)
+    assert isinstance(claim(job_id, "w"), Lease)

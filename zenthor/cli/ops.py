@@ -59,3 +59,18 @@ def requeue_stale_command() -> None:
         f"requeued {counts['requeued']}, failed {counts['failed']} (last attempt), "
         f"re-published {counts['republished']}"
     )
+
+
+@ops.command("retry-job")
+@click.argument("job_id", type=int)
+def retry_job(job_id: int) -> None:
+    """Give a failed job fresh attempts and dispatch it again."""
+    bootstrap("ops")
+    import zenthor.actors  # noqa: F401 - declares the actors on the broker
+    from zenthor.actors.publish import publish_dispatch
+    from zenthor.queue import retry_failed
+
+    if not retry_failed(job_id):
+        raise click.ClickException(f"job {job_id} is not failed (see `zenthor ops status`)")
+    published = publish_dispatch(job_id)
+    click.echo(f"job {job_id} is pending again" + ("" if published else " (publish failed: the sweep will)"))

@@ -20,6 +20,7 @@ from zenthor.queue.jobs import (
     republish_candidates,
     requeue_stale,
     resume_job,
+    retry_failed,
 )
 
 __all__ = [
@@ -38,4 +39,5 @@ __all__ = [
     "republish_candidates",
     "requeue_stale",
     "resume_job",
+    "retry_failed",
 ]

@@ -504,6 +504,19 @@ def resume_job(job_id: int, payload: Any) -> bool:
     return bool(rows)
 
 
+def retry_failed(job_id: int) -> bool:
+    """Give a failed job a fresh set of attempts (an operator's decision); publish after."""
+    rows = execute(
+        "UPDATE agent_job SET status = 'pending', attempts = 0, available_at = now(), finished_at = NULL, "
+        "lease_token = NULL, locked_until = NULL WHERE id = %s AND status = 'failed' "
+        "RETURNING conversation_id",
+        (job_id,),
+    )
+    if rows:
+        emit(ev.JOB_REQUEUED, job_id=job_id, conversation_id=rows[0][0], attempts=0, reason="operator_retry")
+    return bool(rows)
+
+
 def republish_candidates(*, grace_ms: int | None = None, limit: int = 1000) -> list[tuple[int, int]]:
     """Pending heads of line nobody claimed within the grace period, as (job_id, conversation_id)."""
     grace = _settings().DISPATCH_REPUBLISH_GRACE_MS if grace_ms is None else grace_ms
