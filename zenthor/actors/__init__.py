@@ -16,17 +16,20 @@ from zenthor.db import init_database  # noqa: E402
 
 init_database()
 
-from zenthor.actors.dispatch import dispatch  # noqa: E402
-from zenthor.actors.ingest import ingest  # noqa: E402, F401
-from zenthor.actors.deliver import deliver  # noqa: E402, F401
-from zenthor.actors.publish import publish_dispatch  # noqa: E402
-from zenthor.actors.sweep import sweep, sweep_recheck  # noqa: E402
-from zenthor.middleware.boot_sweep import KickSweepOnBoot  # noqa: E402
 import zenthor.actors.approvals  # noqa: E402, F401 - approval answers and expiry
 import zenthor.plugins.builtin.core_schedule.sweep_step  # noqa: E402, F401 - due reminders
+from zenthor.actors.deliver import deliver  # noqa: E402, F401
+from zenthor.actors.dispatch import dispatch  # noqa: E402
+from zenthor.actors.ingest import ingest  # noqa: E402, F401
+from zenthor.actors.publish import publish_dispatch  # noqa: E402
+from zenthor.actors.sweep import sweep, sweep_if_overdue, sweep_recheck  # noqa: E402
+from zenthor.middleware.boot_sweep import KickSweepOnBoot  # noqa: E402
 
 # A lease released at warm shutdown is re-published at once so another worker takes it.
 lease_heartbeat.on_released = publish_dispatch
+# If the sweep's re-check messages stall (a paused worker's prefetch, a broker outage), the
+# heartbeat thread of some worker runs the sweep itself.
+lease_heartbeat.on_tick = sweep_if_overdue
 # A worker that starts kicks the sweep, so recovery never waits for the next periodiq tick.
 broker.add_middleware(KickSweepOnBoot(lambda: sweep_recheck.send("boot")))
 
