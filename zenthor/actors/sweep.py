@@ -29,6 +29,8 @@ _logger = logging.getLogger(__name__)
 
 SweepStep = Callable[[], dict[str, int]]
 _steps: dict[str, SweepStep] = {}
+# The counts SWEEP_COMPLETED carries as fields of their own; every other count goes in ``steps``.
+_FIXED_COUNTS = frozenset({"requeued", "failed", "republished", "expired_approvals", "pruned_dedupe"})
 
 
 def register_step(name: str, step: SweepStep) -> None:
@@ -69,6 +71,8 @@ def run_sweep(trigger: str) -> dict[str, int]:
         republished=counts["republished"],
         expired_approvals=counts.get("expired_approvals", 0),
         pruned_dedupe=counts.get("pruned_dedupe", 0),
+        # Counts of the other registered steps (reminders_delivered, ...), so none is lost.
+        steps={key: value for key, value in counts.items() if key not in _FIXED_COUNTS},
         duration_ms=int((time.monotonic() - started) * 1000),
     )
     schedule_recheck()

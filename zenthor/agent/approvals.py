@@ -140,6 +140,11 @@ def approval_prompt(tool_name: str, arguments: dict) -> str:
 APPROVAL_PROMPT_SUFFIX = "Reply YES to approve or NO to reject."
 
 
+def idempotency_key(approval_id: int) -> str:
+    """The key an approved call runs with: the same on every retry of its resume job."""
+    return f"tool_approval:{approval_id}"
+
+
 @dataclass(frozen=True)
 class ResolvedApproval:
     """An approval the user (or the clock) resolved, and the job now back in line."""

@@ -7,10 +7,20 @@ completes the job, token-fenced, so a turn whose lease was lost writes nothing.
 A tool that requires approval is not run: the loop stops, and the turn ends as
 ``awaiting_approval`` with a ``tool_approval`` row. The ``resume`` job later answers that call
 (the tool's result, or the refusal) and any calls after it, then asks the model again.
+
+Idempotency across retries. A tool commits its side effect at once (in its own thread, outside
+the job's lease), while the turn's messages are written only when the job completes; a turn that
+fails after a tool ran (a model error, a lost lease) is retried and runs the tool again. The
+approved call is named by its ``tool_approval`` row, which every retry of the resume job reads
+again, so it runs with ``ToolContext.idempotency_key = "tool_approval:<id>"`` and a tool that
+honours the key (core-schedule ``remind``) does its work once. Calls that need no approval get
+no key: a retry asks the model again, and a new ``tool_call_id`` or new arguments name nothing
+stable; such tools must be safe to repeat (read-only, or idempotent by content).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +28,7 @@ from typing import Any
 
 from psycopg2.extras import Json
 
-from zenthor.agent.approvals import APPROVED, EXPIRED, REJECTED, approval_prompt
+from zenthor.agent.approvals import APPROVED, EXPIRED, REJECTED, approval_prompt, idempotency_key
 from zenthor.agent.context import fit_to_window, load_history, report_compaction
 from zenthor.agent.errors import ModelError
 from zenthor.agent.model_client import ModelClient, ToolCall
@@ -111,7 +121,8 @@ class AgentLoop:
             if call.id != approval.tool_call_id:
                 continue
             if decision == APPROVED:
-                self._run_tool(call, dict(approval.tool_input or {}))
+                # The same key on every retry of this resume: the tool does its work once.
+                self._run_tool(call, dict(approval.tool_input or {}), idempotency_key(approval.id))
             else:
                 self._add_result(call, DECISION_RESULTS[decision])
             pending = self._answer_calls(open_calls[index + 1 :])
@@ -183,13 +194,14 @@ class AgentLoop:
             self._run_tool(call, arguments)
         return None
 
-    def _run_tool(self, call: ToolCall, arguments: dict) -> None:
+    def _run_tool(self, call: ToolCall, arguments: dict, key: str | None = None) -> None:
         self.ctx.checkpoint("tool_call")
         started = time.monotonic()
+        context = self._context()
+        if key is not None:
+            context = dataclasses.replace(context, idempotency_key=key)
         try:
-            result = self.registry.call(
-                call.name, arguments, self._context(), timeout_s=self.settings.tool_timeout_s
-            )
+            result = self.registry.call(call.name, arguments, context, timeout_s=self.settings.tool_timeout_s)
             ok, content, error = bool(result.ok), str(result.content or ""), result.error
         except Exception as raised:  # noqa: BLE001 - the registry promises not to raise; be safe anyway
             ok, content, error = False, "", f"{type(raised).__name__}: {raised}"

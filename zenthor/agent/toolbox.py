@@ -38,6 +38,7 @@ class LocalToolContext:
     chat_id: str
     sender_id: str | None
     job_id: int | None
+    idempotency_key: str | None = None
 
 
 class NoTools:

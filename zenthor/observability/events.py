@@ -116,6 +116,7 @@ SWEEP_COMPLETED = event(
     "republished",
     "expired_approvals",
     "pruned_dedupe",
+    "steps",
     "duration_ms",
 )
 SWEEP_RECHECK_SCHEDULED = event("queue.sweep.recheck_scheduled", "delay_ms", level=logging.DEBUG)

@@ -24,7 +24,20 @@ _logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ToolContext:
-    """Who a tool call is for."""
+    """Who a tool call is for, and the key that names the logical call across retries.
+
+    ``idempotency_key`` is set only where the agent can name the call stably across retries of
+    the same turn: an approved call carries ``tool_approval:<approval id>`` (the approval row
+    outlives every retry of its resume job, lease takeovers included). A tool with a side effect
+    that requires approval should store the key with its effect and, when it sees the key again,
+    return what it did the first time instead of doing it again.
+
+    Other calls get ``None``: a retried turn asks the model again, so its ``tool_call_id`` (and
+    even the arguments) may differ, and no key derived from them names the same logical call.
+    A tool that does not require approval must therefore be safe to repeat: read-only, or
+    idempotent by content (core-memory ``remember`` keeps one note per text and contact,
+    core-schedule ``cancel`` of a cancelled reminder succeeds again).
+    """
 
     conversation_id: int
     channel: str
@@ -32,6 +45,7 @@ class ToolContext:
     chat_id: str
     sender_id: str | None  # the contact the conversation is with
     job_id: int | None
+    idempotency_key: str | None = None
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,10 @@
 
 A note belongs to the contact (channel, account_id, sender_id); a conversation without a sender
 (a channel that does not report one) keys the notes by its chat id instead.
+
+``remember`` is idempotent by content: a contact keeps one note per text, so a retried turn that
+runs the call again (tools that need no approval get no idempotency key) returns the note it
+stored the first time instead of a second copy.
 """
 
 from __future__ import annotations
@@ -49,6 +53,15 @@ def activate(config: dict[str, Any]) -> dict[str, Any]:
                 "SELECT pg_advisory_xact_lock(hashtext(%s))",
                 (f"memory:{context.channel}:{context.account_id}:{context.sender_id or context.chat_id}",),
             )
+            same = (
+                MemoryNote.select(MemoryNote.id)
+                .where(_owner(context) & (MemoryNote.text == text))
+                .order_by(MemoryNote.id)
+                .first()
+            )
+            if same is not None:
+                # Checked before the limit: a repeat at the limit still succeeds, with no new row.
+                return {"remembered": True, "note_id": same.id}
             count = MemoryNote.select().where(_owner(context)).count()
             if count >= max_notes:
                 raise ToolError(
