@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 from tests.agent.helpers import job, outbox_texts
@@ -10,6 +12,7 @@ from tests.support.fake_model import Reply, tool_call
 from zenthor.actors.dispatch import process_job
 from zenthor.db import execute
 from zenthor.ingress import InboundMessage, accept
+from zenthor.queue import requeue_stale
 
 
 def inbound(text: str, pid: str) -> InboundMessage:
@@ -55,3 +58,77 @@ def test_core_schedule_remind_needs_approval_then_runs(model_env, fake_model):
     tool_result = fake_model.requests[-1]["messages"][-1]
     assert tool_result["tool_call_id"] == "call_rem" and "error" not in tool_result["content"].lower()
     assert execute("SELECT count(*) FROM reminder")[0][0] == 1
+
+
+def _approve_remind(fake_model, arguments: dict) -> tuple[int, int]:
+    """A turn asks for core_schedule_remind, the user says YES: (conversation id, job id) to resume."""
+    fake_model.script(
+        Reply(content=None, tool_calls=[tool_call("core_schedule_remind", arguments, "call_rem")])
+    )
+    first = accept(inbound("remind me to call mom", "p1"), publish=lambda job_id: True)
+    assert process_job(first.job_id) == "awaiting_approval"
+    answer = accept(inbound("yes", "p2"), publish=lambda job_id: True)
+    assert (answer.status, answer.job_id) == ("answer", first.job_id)
+    return first.conversation_id, first.job_id
+
+
+def _reminders() -> list[tuple]:
+    return execute("SELECT id, idempotency_key FROM reminder ORDER BY id")
+
+
+def test_approved_remind_retried_after_the_tool_ran_makes_one_reminder(model_env, fake_model):
+    """The tool commits its row, then the model fails and the job is retried: one reminder."""
+    model_env(AI_RETRY_ATTEMPTS="1", AGENT_JOB_RETRY_BASE_MS="0", AGENT_JOB_MAX_ATTEMPTS="3")
+    when = (datetime.now(UTC) + timedelta(days=2)).strftime("%Y-%m-%dT09:00")
+    conversation_id, job_id = _approve_remind(
+        fake_model, {"when": when, "timezone": "UTC", "text": "call mom"}
+    )
+    approval_id = execute("SELECT id FROM tool_approval WHERE job_id = %s", (job_id,))[0][0]
+
+    # Attempt 1 of the resume: the tool runs (its row commits at once), then the model call fails.
+    fake_model.script(Reply(status=500))
+    assert process_job(job_id) == "retry_scheduled"
+    assert _reminders() == [(_reminders()[0][0], f"tool_approval:{approval_id}")]
+    first_result = json.loads(fake_model.requests[-1]["messages"][-1]["content"])
+
+    # Attempt 2: the same approved call runs again with the same key and gets the same reminder.
+    fake_model.script(Reply(status=500))
+    assert process_job(job_id) == "retry_scheduled"
+    # Attempt 3 succeeds.
+    fake_model.script(Reply(content="Reminder set."))
+    assert process_job(job_id) == "done"
+
+    reminders = _reminders()
+    assert len(reminders) == 1
+    last_result = json.loads(fake_model.requests[-1]["messages"][-1]["content"])
+    assert last_result == first_result and last_result["reminder_id"] == reminders[0][0]
+    texts = outbox_texts(conversation_id)
+    assert texts[0].startswith("I'd like to use core_schedule_remind")
+    assert texts[1:] == ["Reminder set."]  # one confirmation
+    assert len(fake_model.requests) == 4  # the first turn, then three attempts of the resume
+
+
+def test_approved_remind_rerun_after_a_lost_lease_makes_one_reminder(model_env, fake_model):
+    """The tool ran, then the lease was lost during the model call; the next owner runs it again."""
+    when = (datetime.now(UTC) + timedelta(days=2)).strftime("%Y-%m-%dT09:00")
+    conversation_id, job_id = _approve_remind(
+        fake_model, {"when": when, "timezone": "UTC", "text": "call mom"}
+    )
+    fake_model.script(Reply(content="too late", delay_s=1.5))
+
+    def expire_lease() -> None:
+        while len(fake_model.requests) < 2:  # the resume's model call is in flight
+            time.sleep(0.02)
+        execute("UPDATE agent_job SET locked_until = now() - interval '1 second' WHERE id = %s", (job_id,))
+        requeue_stale()
+
+    thief = threading.Thread(target=expire_lease)
+    thief.start()
+    assert process_job(job_id) == "lease_lost"
+    thief.join()
+    assert len(_reminders()) == 1
+
+    fake_model.script(Reply(content="Reminder set."))
+    assert process_job(job_id) == "done"
+    assert len(_reminders()) == 1
+    assert outbox_texts(conversation_id)[1:] == ["Reminder set."]
