@@ -19,14 +19,13 @@ init_database()
 import zenthor.actors.approvals  # noqa: E402, F401 - approval answers and expiry
 import zenthor.plugins.builtin.core_schedule.sweep_step  # noqa: E402, F401 - due reminders
 from zenthor.actors.deliver import deliver  # noqa: E402, F401
-from zenthor.actors.dispatch import dispatch  # noqa: E402
+from zenthor.actors.dispatch import dispatch, hand_over  # noqa: E402
 from zenthor.actors.ingest import ingest  # noqa: E402, F401
-from zenthor.actors.publish import publish_dispatch  # noqa: E402
 from zenthor.actors.sweep import sweep, sweep_if_overdue, sweep_recheck  # noqa: E402
 from zenthor.middleware.boot_sweep import KickSweepOnBoot  # noqa: E402
 
 # A lease released at warm shutdown is re-published at once so another worker takes it.
-lease_heartbeat.on_released = publish_dispatch
+lease_heartbeat.on_released = hand_over
 # If the sweep's re-check messages stall (a paused worker's prefetch, a broker outage), the
 # heartbeat thread of some worker runs the sweep itself.
 lease_heartbeat.on_tick = sweep_if_overdue

@@ -34,6 +34,17 @@ def is_infrastructure_error(retries: int, exception: BaseException) -> bool:
     return retries < 10 and isinstance(exception, INFRASTRUCTURE_ERRORS)
 
 
+# A job handed over at shutdown is re-published with this delay: a delayed message that the
+# stopping worker's own consumer happens to take is held in memory and requeued when that
+# consumer closes, instead of being started by a thread of the dying process.
+HANDOVER_DELAY_MS = 1000
+
+
+def hand_over(job_id: int) -> bool:
+    """Re-publish a job this stopping process gave back, for another worker to take."""
+    return publish_dispatch(job_id, delay_ms=HANDOVER_DELAY_MS)
+
+
 def parse_job_id(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
     """The job id a dispatch message names; ValueError naming the problem otherwise."""
     if kwargs or len(args) != 1:
@@ -70,6 +81,12 @@ def dispatch(*args: Any, **kwargs: Any) -> None:
 
 def process_job(job_id: int) -> str:
     """Claim, run and complete one job; returns what happened (for logs and tests)."""
+    if lease_heartbeat.stopping:
+        # This process is shutting down but its consumer still takes messages: hand the job to
+        # another worker instead of starting a turn we would abandon.
+        hand_over(job_id)
+        emit(ev.JOB_CLAIM_REFUSED, job_id=job_id, reason="worker_stopping")
+        return "refused:worker_stopping"
     started = time.monotonic()
     try:
         outcome = claim(job_id, worker_id())
@@ -104,7 +121,7 @@ def _run_claimed(lease: Lease, started: float) -> str:
     except Shutdown:
         # Warm shutdown: give the job back at once so another worker takes it without waiting.
         if release(lease, reason="shutdown"):
-            publish_dispatch(lease.job_id)
+            hand_over(lease.job_id)
         return "released"
     except INFRASTRUCTURE_ERRORS as error:
         # The lease stays ours until it expires; the sweep then requeues the job.

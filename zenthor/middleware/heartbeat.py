@@ -60,6 +60,11 @@ class LeaseHeartbeat(Middleware):
         with self._mu:
             return self._leases.pop(threading.get_ident(), None)
 
+    @property
+    def stopping(self) -> bool:
+        """True once the worker process began its warm shutdown: take no new leases."""
+        return self._stopping.is_set()
+
     def held(self) -> list[Lease]:
         """The leases this process holds now."""
         with self._mu:
