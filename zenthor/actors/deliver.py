@@ -19,7 +19,7 @@ import dramatiq
 
 from zenthor.actors.dispatch import is_infrastructure_error
 from zenthor.actors.sweep import register_step
-from zenthor.channels import DEFAULT_OUTBOUND_QUEUE, SendError, get_sender, load_builtin_senders
+from zenthor.channels import DEFAULT_OUTBOUND_QUEUE, SendError, get_sender, load_builtin_senders, queue_for
 from zenthor.db import execute
 from zenthor.observability import emit
 from zenthor.observability import events as ev
@@ -108,10 +108,7 @@ def _nudge_next(conversation_id: int) -> None:
 
 def queue_for_channel(channel: str) -> str | None:
     """The queue delivery nudges for ``channel`` go to; None when its own process polls."""
-    sender = get_sender(channel)
-    if sender is None:
-        return DEFAULT_OUTBOUND_QUEUE
-    return sender.queue_name
+    return queue_for(channel)
 
 
 def publish_delivery(outbound_id: int, *, channel: str | None = None, delay_ms: int | None = None) -> bool:

@@ -42,6 +42,11 @@ class ChannelSender:
 
 
 _senders: dict[str, ChannelSender] = {}
+# Where each channel's delivery nudges go, known to EVERY process (a dispatch worker publishes
+# the nudge for a WhatsApp reply although only the WhatsApp runtime has that channel's sender).
+# A channel without an entry goes to the shared ``outbound`` queue; None means "polled by its
+# owning process". register_sender updates this map too.
+_routes: dict[str, str | None] = {"terminal": None, "whatsapp": "outbound.whatsapp"}
 _lock = threading.Lock()
 _builtins_loaded = False
 
@@ -55,7 +60,15 @@ def register_sender(
     sender = ChannelSender(channel, send, queue_name)
     with _lock:
         _senders[channel] = sender
+        _routes[channel] = queue_name
     return sender
+
+
+def queue_for(channel: str) -> str | None:
+    """The queue delivery nudges for ``channel`` go to; None when its owning process polls."""
+    load_builtin_senders()
+    with _lock:
+        return _routes.get(channel, DEFAULT_OUTBOUND_QUEUE)
 
 
 def get_sender(channel: str) -> ChannelSender | None:

@@ -114,15 +114,17 @@ def _accept_in_transaction(message: InboundMessage, key: str, policy) -> AcceptR
     return AcceptResult(ACCEPTED, conversation_id, message_id, job_id)
 
 
+_SELECT_CONVERSATION = "SELECT id FROM conversation WHERE channel = %s AND account_id = %s AND chat_id = %s"
+
+
 def _conversation_id(message: InboundMessage) -> int:
-    rows = execute(_INSERT_CONVERSATION, (message.channel, message.account_id, message.chat_id))
+    key = (message.channel, message.account_id, message.chat_id)
+    # Most messages belong to an existing chat: look first, insert only when missing.
+    rows = execute(_SELECT_CONVERSATION, key) or execute(_INSERT_CONVERSATION, key)
     if rows:
         return rows[0][0]
-    # Another transaction created it; ON CONFLICT waited for that one to commit, so it is visible.
-    return execute(
-        "SELECT id FROM conversation WHERE channel = %s AND account_id = %s AND chat_id = %s",
-        (message.channel, message.account_id, message.chat_id),
-    )[0][0]
+    # Another transaction created it meanwhile; ON CONFLICT waited for its commit, so it is visible.
+    return execute(_SELECT_CONVERSATION, key)[0][0]
 
 
 def _emit(message: InboundMessage, key: str, result: AcceptResult) -> None:
