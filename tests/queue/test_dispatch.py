@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import pika
+import pytest
 
 from tests.conftest import TEST_ENV
 from tests.support.factories import assistant_messages, make_conversation, make_job
@@ -12,6 +13,12 @@ from tests.support.workers import wait_for
 from zenthor.actors.dispatch import dispatch
 from zenthor.actors.publish import publish_dispatch
 from zenthor.models import AgentJob, OutboundMessage
+
+
+@pytest.fixture(autouse=True)
+def scripted(settings_env):
+    """These tests are about the queue, not the agent: the scripted turn answers ``done: <text>``."""
+    settings_env(AGENT_TURN="tests.support.turns:scripted_turn")
 
 
 def done(job_id: int) -> bool:
@@ -29,7 +36,7 @@ def test_a_published_job_is_answered_once(worker):
     assert publish_dispatch(job_id)  # a duplicate nudge changes nothing
     wait_for(lambda: done(job_id), 20, message="job done")
     wait_for(lambda: worker.broker.join("dispatch", timeout=10_000) or True, 15)
-    assert assistant_messages(conversation) == ["echo: ping"]
+    assert assistant_messages(conversation) == ["done: ping"]
     assert OutboundMessage.select().count() == 1
 
 
@@ -38,7 +45,7 @@ def test_the_next_job_of_a_conversation_is_nudged_at_once(worker):
     jobs = [make_job(conversation, f"m{i}") for i in range(3)]
     publish_dispatch(jobs[0])  # only the first is published: the rest must follow without the sweep
     wait_for(lambda: all(done(j) for j in jobs), 20, message="all three jobs done")
-    assert assistant_messages(conversation) == ["echo: m0", "echo: m1", "echo: m2"]
+    assert assistant_messages(conversation) == ["done: m0", "done: m1", "done: m2"]
 
 
 def test_bad_dispatch_messages_are_reported_and_the_worker_carries_on(worker, caplog):
@@ -61,7 +68,7 @@ def test_bad_dispatch_messages_are_reported_and_the_worker_carries_on(worker, ca
     job_id = make_job(conversation, "still alive?")
     publish_dispatch(job_id)
     wait_for(lambda: done(job_id), 20, message="a real job after the bad ones")
-    assert assistant_messages(conversation) == ["echo: still alive?"]
+    assert assistant_messages(conversation) == ["done: still alive?"]
 
 
 def test_database_unreachable_during_a_claim_loses_nothing(worker, caplog):
@@ -102,5 +109,5 @@ def test_database_unreachable_during_a_claim_loses_nothing(worker, caplog):
             return False
 
     wait_for(answered, 30, interval=0.2, message="job done after the database came back")
-    assert assistant_messages(conversation) == ["echo: are you there?"]
+    assert assistant_messages(conversation) == ["done: are you there?"]
     assert AgentJob.get_by_id(job_id).attempts == 0  # an infrastructure error costs no attempt
