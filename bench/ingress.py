@@ -27,28 +27,15 @@ import json
 import os
 import random
 import re
-import sys
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-RUN = uuid.uuid4().hex[:8]
-ADMIN_URL = os.environ.get("ZENTHOR_BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-AMQP_BASE = os.environ.get("ZENTHOR_BENCH_AMQP_BASE", "amqp://guest:guest@127.0.0.1:5672")
-DB_NAME = f"zenthor_bench_ingress_{RUN}"
-VHOST = f"zenthor_bench_ingress_{RUN}"
+from bench.scratch import Scratch
+
 SECRET = "bench-secret"
-os.environ.update(
-    {
-        "DATABASE_URL": f"{ADMIN_URL.rsplit('/', 1)[0]}/{DB_NAME}",
-        "RABBITMQ_URL": f"{AMQP_BASE}/{VHOST}",
-        "LOG_LEVEL": "WARNING",
-        "DATABASE_POOL_SIZE": "48",
-        "WEBHOOK_SECRET": SECRET,
-    }
-)
+scratch = Scratch("ingress", rabbitmq=True, env={"DATABASE_POOL_SIZE": "48", "WEBHOOK_SECRET": SECRET})
 MARK = re.compile(r"\b(b\d+-\d+)$")
 
 
@@ -284,82 +271,63 @@ def main() -> int:
     parser.add_argument("--gateway-workers", type=int, default=1)
     args = parser.parse_args()
 
-    sys.path.insert(0, os.getcwd())
     from tests.ingress.helpers import GatewayProcess
-    from tests.support import services
     from tests.support.workers import WorkerProcess
 
-    services.create_database(ADMIN_URL, DB_NAME)
-    services.create_vhost(VHOST)
     callback = Callback()
-    os.environ["WEBHOOK_CALLBACK_URL"] = callback.url
+    os.environ["WEBHOOK_CALLBACK_URL"] = callback.url  # before the settings are first read
     worker = gateway = None
-    try:
-        from zenthor.db import close_database, init_database
-        from zenthor.migrations import migrate
-
-        init_database()
-        migrate()
-        import zenthor.actors  # noqa: F401 - the broker and actors, to publish from this process
-
-        env = {"LOG_LEVEL": "WARNING", "WEBHOOK_CALLBACK_URL": callback.url}
-        worker = WorkerProcess(
-            "bench-worker", threads=args.worker_threads, processes=args.worker_processes, env=env
-        )
-        gateway = GatewayProcess(env, workers=args.gateway_workers)
-        post = post_factory(gateway.url)
-        throughput(post, callback, 100, 20, 8, tag="b0")  # warm up connections and imports
-
-        t = throughput(post, callback, args.messages, args.chats, args.senders)
-        print(
-            f"1. webhook in -> callback out: {args.messages} messages, {args.chats} chats, {args.senders} senders"
-        )
-        print(f"   accepted (202)     {t['accepted']}   all replied: {t['complete']}")
-        print(f"   ingress rate       {t['ingress_rate']:8.1f} msg/s (POSTs answered)")
-        print(
-            f"   end-to-end rate    {t['e2e_rate']:8.1f} msg/s   (target >= 500: ratio {t['e2e_rate'] / 500:.2f})"
-        )
-        print(f"   POST -> reply      p50 {t['p50_ms']:7.1f} ms   p99 {t['p99_ms']:7.1f} ms")
-
-        h = half_load(post, callback, max(t["e2e_rate"] / 2, 5), args.half_seconds, args.chats)
-        print(f"2. half load: {h['messages']} messages paced at {h['rate']:.1f} msg/s")
-        print(
-            f"   accepted -> dispatch started   p50 {h['p50_ms']:6.1f} ms   p99 {h['p99_ms']:6.1f} ms"
-            f"   (target p99 <= 40 ms: ratio {h['p99_ms'] / 40:.2f})"
-        )
-
-        base = baseline_inserts(5000, 16)
-        s = storm(args.storm_unique, args.storm_copies, 16)
-        duplicates = s["counts"].get("duplicate", 0)
-        print(
-            f"3. replay storm: {args.storm_unique} unique x {args.storm_copies} = {s['submissions']} submissions, 16 threads"
-        )
-        print(f"   outcomes           {s['counts']}")
-        print(
-            f"   dedupe rate        {duplicates / s['submissions']:.3f}  (expected {1 - 1 / args.storm_copies:.3f})"
-        )
-        print(
-            f"   user messages      {s['messages']}   double processing: {s['double']}   jobs retried/unfinished: {s['retried_or_unfinished']}"
-        )
-        print(
-            f"   accept() rate      {s['rate']:8.1f} /s   baseline bare INSERT txn {base:8.1f} /s   ratio {s['rate'] / base:.2f}"
-        )
-        print(f"   callback duplicates over the whole run: {callback.duplicates}")
-        close_database()
-    finally:
-        if gateway is not None:
-            gateway.stop()
-        if worker is not None:
-            worker.stop()
-        callback.httpd.shutdown()
+    with scratch.services():
         try:
-            from zenthor.broker import broker
+            env = {"LOG_LEVEL": "WARNING", "WEBHOOK_CALLBACK_URL": callback.url}
+            worker = WorkerProcess(
+                "bench-worker", threads=args.worker_threads, processes=args.worker_processes, env=env
+            )
+            gateway = GatewayProcess(env, workers=args.gateway_workers)
+            post = post_factory(gateway.url)
+            throughput(post, callback, 100, 20, 8, tag="b0")  # warm up connections and imports
 
-            broker.close()
-        except Exception:  # noqa: BLE001
-            pass
-        services.drop_database(ADMIN_URL, DB_NAME)
-        services.delete_vhost(VHOST)
+            t = throughput(post, callback, args.messages, args.chats, args.senders)
+            print(
+                f"1. webhook in -> callback out: {args.messages} messages, {args.chats} chats, {args.senders} senders"
+            )
+            print(f"   accepted (202)     {t['accepted']}   all replied: {t['complete']}")
+            print(f"   ingress rate       {t['ingress_rate']:8.1f} msg/s (POSTs answered)")
+            print(
+                f"   end-to-end rate    {t['e2e_rate']:8.1f} msg/s   (target >= 500: ratio {t['e2e_rate'] / 500:.2f})"
+            )
+            print(f"   POST -> reply      p50 {t['p50_ms']:7.1f} ms   p99 {t['p99_ms']:7.1f} ms")
+
+            h = half_load(post, callback, max(t["e2e_rate"] / 2, 5), args.half_seconds, args.chats)
+            print(f"2. half load: {h['messages']} messages paced at {h['rate']:.1f} msg/s")
+            print(
+                f"   accepted -> dispatch started   p50 {h['p50_ms']:6.1f} ms   p99 {h['p99_ms']:6.1f} ms"
+                f"   (target p99 <= 40 ms: ratio {h['p99_ms'] / 40:.2f})"
+            )
+
+            base = baseline_inserts(5000, 16)
+            s = storm(args.storm_unique, args.storm_copies, 16)
+            duplicates = s["counts"].get("duplicate", 0)
+            print(
+                f"3. replay storm: {args.storm_unique} unique x {args.storm_copies} = {s['submissions']} submissions, 16 threads"
+            )
+            print(f"   outcomes           {s['counts']}")
+            print(
+                f"   dedupe rate        {duplicates / s['submissions']:.3f}  (expected {1 - 1 / args.storm_copies:.3f})"
+            )
+            print(
+                f"   user messages      {s['messages']}   double processing: {s['double']}   jobs retried/unfinished: {s['retried_or_unfinished']}"
+            )
+            print(
+                f"   accept() rate      {s['rate']:8.1f} /s   baseline bare INSERT txn {base:8.1f} /s   ratio {s['rate'] / base:.2f}"
+            )
+            print(f"   callback duplicates over the whole run: {callback.duplicates}")
+        finally:
+            if gateway is not None:
+                gateway.stop()
+            if worker is not None:
+                worker.stop()
+            callback.httpd.shutdown()
     return 0
 
 

@@ -14,15 +14,12 @@ Runs in a fresh Postgres database of its own (dropped at the end):
 from __future__ import annotations
 
 import argparse
-import os
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 
-RUN = uuid.uuid4().hex[:8]
-ADMIN_URL = os.environ.get("ZENTHOR_BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-DB_NAME = f"zenthor_bench_plugins_{RUN}"
-os.environ.update({"DATABASE_URL": f"{ADMIN_URL.rsplit('/', 1)[0]}/{DB_NAME}", "LOG_LEVEL": "WARNING"})
+from bench.scratch import Scratch
+
+scratch = Scratch("plugins")
 
 
 def per_call_us(fn, count: int) -> float:
@@ -98,20 +95,9 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--reminders", type=int, default=2000)
     args = parser.parse_args()
-    from tests.support import services
-
-    services.create_database(ADMIN_URL, DB_NAME)
-    try:
-        from zenthor.db import close_database, init_database
-        from zenthor.migrations import migrate
-
-        init_database()
-        migrate()
+    with scratch.services():
         bench_calls(args.calls)
         bench_reminders(args.reminders)
-        close_database()
-    finally:
-        services.drop_database(ADMIN_URL, DB_NAME)
 
 
 if __name__ == "__main__":

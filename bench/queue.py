@@ -18,21 +18,13 @@ import statistics
 import sys
 import threading
 import time
-import uuid
 
-RUN = uuid.uuid4().hex[:8]
-ADMIN_URL = os.environ.get("ZENTHOR_BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-AMQP_BASE = os.environ.get("ZENTHOR_BENCH_AMQP_BASE", "amqp://guest:guest@127.0.0.1:5672")
-DB_NAME = f"zenthor_bench_{RUN}"
-VHOST = f"zenthor_bench_{RUN}"
-os.environ.update(
-    {
-        "DATABASE_URL": f"{ADMIN_URL.rsplit('/', 1)[0]}/{DB_NAME}",
-        "RABBITMQ_URL": f"{AMQP_BASE}/{VHOST}",
-        "AGENT_TURN": "bench.queue:noop_turn",
-        "LOG_LEVEL": "WARNING",
-        "DATABASE_POOL_SIZE": "40",
-    }
+from bench.scratch import Scratch
+
+scratch = Scratch(
+    "queue",
+    rabbitmq=True,
+    env={"AGENT_TURN": "bench.queue:noop_turn", "DATABASE_POOL_SIZE": "40"},
 )
 
 
@@ -102,7 +94,8 @@ def bench_dispatch(broker, jobs: int, conversations: int, threads: int) -> tuple
     job_ids = []
     with database.atomic():
         ids = [
-            Conversation.create(channel="bench", account_id="a", chat_id=f"c{i}").id for i in range(conversations)
+            Conversation.create(channel="bench", account_id="a", chat_id=f"c{i}").id
+            for i in range(conversations)
         ]
         for n in range(jobs):
             conversation = ids[n % conversations]
@@ -121,42 +114,30 @@ def bench_dispatch(broker, jobs: int, conversations: int, threads: int) -> tuple
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--jobs", type=int, default=3000)
     parser.add_argument("--conversations", type=int, default=1000)
     parser.add_argument("--baseline-messages", type=int, default=5000)
     parser.add_argument("--threads", type=int, default=8)
     args = parser.parse_args()
 
-    sys.path.insert(0, os.getcwd())
-    from tests.support import services
-
-    services.create_database(ADMIN_URL, DB_NAME)
-    services.create_vhost(VHOST)
-    try:
+    with scratch.services():
         import logging
 
-        from zenthor.db import init_database
-        from zenthor.migrations import migrate
-
-        init_database()
-        migrate()
-        import zenthor.actors  # noqa: F401 - declares the actors on the broker
         from zenthor.broker import broker
 
         logging.getLogger().setLevel(logging.WARNING)
         baseline = bench_baseline(broker, args.baseline_messages, args.threads)
         ours, latencies = bench_dispatch(broker, args.jobs, args.conversations, args.threads)
-        broker.close()
-    finally:
-        from zenthor.db import close_database
 
-        close_database()
-        services.drop_database(ADMIN_URL, DB_NAME)
-        services.delete_vhost(VHOST)
-
-    print(f"baseline  plain dramatiq no-op actor: {baseline:8.0f} jobs/s  ({args.baseline_messages} messages)")
-    print(f"zenthor   dispatch with leases:       {ours:8.0f} jobs/s  ({args.jobs} jobs, {args.conversations} conversations)")
+    print(
+        f"baseline  plain dramatiq no-op actor: {baseline:8.0f} jobs/s  ({args.baseline_messages} messages)"
+    )
+    print(
+        f"zenthor   dispatch with leases:       {ours:8.0f} jobs/s  ({args.jobs} jobs, {args.conversations} conversations)"
+    )
     print(f"ratio     {ours / baseline:.2f}  (target >= 0.6)")
     print(
         f"claim latency p50 {percentile(latencies, 0.5) * 1000:.2f} ms  p99 {percentile(latencies, 0.99) * 1000:.2f} ms"

@@ -15,26 +15,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-RUN = uuid.uuid4().hex[:8]
-ADMIN_URL = os.environ.get("ZENTHOR_BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-AMQP_BASE = os.environ.get("ZENTHOR_BENCH_AMQP_BASE", "amqp://guest:guest@127.0.0.1:5672")
-DB_NAME = f"zenthor_bench_turn_{RUN}"
-VHOST = f"zenthor_bench_turn_{RUN}"
-os.environ.update(
-    {
-        "DATABASE_URL": f"{ADMIN_URL.rsplit('/', 1)[0]}/{DB_NAME}",
-        "RABBITMQ_URL": f"{AMQP_BASE}/{VHOST}",
-        "LOG_LEVEL": "WARNING",
-        "DATABASE_POOL_SIZE": "64",
-        "AI_MODEL": "bench-model",
-        "AI_API_KEY": "bench",
-    }
+from bench.scratch import Scratch
+
+scratch = Scratch(
+    "turn",
+    rabbitmq=True,
+    env={"DATABASE_POOL_SIZE": "64", "AI_MODEL": "bench-model", "AI_API_KEY": "bench"},
 )
 
 
@@ -113,47 +103,25 @@ def main() -> int:
     args = parser.parse_args()
     thread_counts = [int(t) for t in args.threads.split(",")]
 
-    sys.path.insert(0, os.getcwd())
-    from tests.support import services
     from tests.support.fake_model import FakeModel
 
-    services.create_database(ADMIN_URL, DB_NAME)
-    services.create_vhost(VHOST)
-    model = FakeModel(delay_s=args.delay_ms / 1000.0).start()
-    os.environ["AI_BASE_URL"] = model.base_url
-    try:
-        from zenthor.db import close_database, init_database
-        from zenthor.migrations import migrate
-
-        init_database()
-        migrate()
-        import zenthor.actors  # noqa: F401 - the broker and actors, as in a worker
-
-        # Warm up: the SDK client, the connection pool, imports.
-        run(2, 4, "warmup")
-        print(f"fake model delay {args.delay_ms} ms; baseline = ideal model-bound rate threads/delay")
-        print(
-            f"{'threads':>7} {'turns':>6} {'turns/s':>9} {'ideal/s':>9} {'ratio':>6} {'KiB/thread':>11} {'failed':>6}"
-        )
-        for threads in thread_counts:
-            turns = max(threads * args.turns_per_thread, 8)
-            rate, kib_per_thread, failed = run(threads, turns, f"t{threads}")
-            ideal = threads / (args.delay_ms / 1000.0)
+    with FakeModel(delay_s=args.delay_ms / 1000.0) as model:
+        os.environ["AI_BASE_URL"] = model.base_url  # before the settings are first read
+        with scratch.services():
+            # Warm up: the SDK client, the connection pool, imports.
+            run(2, 4, "warmup")
+            print(f"fake model delay {args.delay_ms} ms; baseline = ideal model-bound rate threads/delay")
             print(
-                f"{threads:>7} {turns:>6} {rate:>9.1f} {ideal:>9.1f} {rate / ideal:>6.2f} "
-                f"{kib_per_thread:>11} {failed:>6}"
+                f"{'threads':>7} {'turns':>6} {'turns/s':>9} {'ideal/s':>9} {'ratio':>6} {'KiB/thread':>11} {'failed':>6}"
             )
-        close_database()
-    finally:
-        model.stop()
-        try:
-            from zenthor.broker import broker
-
-            broker.close()
-        except Exception:  # noqa: BLE001
-            pass
-        services.drop_database(ADMIN_URL, DB_NAME)
-        services.delete_vhost(VHOST)
+            for threads in thread_counts:
+                turns = max(threads * args.turns_per_thread, 8)
+                rate, kib_per_thread, failed = run(threads, turns, f"t{threads}")
+                ideal = threads / (args.delay_ms / 1000.0)
+                print(
+                    f"{threads:>7} {turns:>6} {rate:>9.1f} {ideal:>9.1f} {rate / ideal:>6.2f} "
+                    f"{kib_per_thread:>11} {failed:>6}"
+                )
     return 0
 
 
