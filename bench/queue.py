@@ -24,15 +24,8 @@ from bench.scratch import Scratch
 scratch = Scratch(
     "queue",
     rabbitmq=True,
-    env={"AGENT_TURN": "bench.queue:noop_turn", "DATABASE_POOL_SIZE": "40"},
+    env={"AGENT_TURN": "bench.turns:noop_turn", "DATABASE_POOL_SIZE": "40"},
 )
-
-
-def noop_turn(ctx):
-    """The cheapest turn: one short reply, no model."""
-    from zenthor.agent.turn import TurnResult
-
-    return TurnResult(replies=["ok"])
 
 
 def percentile(values: list[float], q: float) -> float:

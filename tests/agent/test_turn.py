@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 from tests.agent.helpers import count, job, messages, outbox_texts
 from tests.support.fake_model import Reply, tool_call
+from tests.support.workers import DbThread
 from zenthor.actors.dispatch import process_job
 from zenthor.agent.replies import FAILURE_REPLY
 from zenthor.db import execute
@@ -142,7 +142,7 @@ def test_lease_lost_during_model_call_writes_nothing(model_env, fake_model, tool
         requeue_stale()
         assert isinstance(claim(job_id, "thief"), Lease)
 
-    thief = threading.Thread(target=steal)
+    thief = DbThread(target=steal)
     thief.start()
     outcome = process_job(job_id)
     thief.join()

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 
 from tests.agent.helpers import job, outbox_texts
 from tests.support.fake_model import Reply, tool_call
+from tests.support.workers import DbThread
 from zenthor.actors.dispatch import process_job
 from zenthor.db import execute
 from zenthor.ingress import InboundMessage, accept
@@ -122,7 +122,7 @@ def test_approved_remind_rerun_after_a_lost_lease_makes_one_reminder(model_env, 
         execute("UPDATE agent_job SET locked_until = now() - interval '1 second' WHERE id = %s", (job_id,))
         requeue_stale()
 
-    thief = threading.Thread(target=expire_lease)
+    thief = DbThread(target=expire_lease)
     thief.start()
     assert process_job(job_id) == "lease_lost"
     thief.join()

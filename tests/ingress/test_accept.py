@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from tests.ingress.helpers import count, inbound
+from tests.support.workers import DbThread
 from zenthor.db import execute
 from zenthor.ingress import AnswerOutcome, InboundMessage, InvalidInbound, accept
 from zenthor.ingress import answers as answers_module
@@ -61,7 +62,7 @@ def test_ten_threads_sending_the_same_inbound_make_one_message_and_one_job():
         with lock:
             statuses.append(result.status)
 
-    threads = [threading.Thread(target=send) for _ in range(10)]
+    threads = [DbThread(target=send) for _ in range(10)]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -7,7 +7,6 @@ import json
 import re
 import subprocess
 import sys
-import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +15,7 @@ import httpx
 import pytest
 
 from tests.ingress.helpers import CallbackServer, GatewayProcess, count, inbound
-from tests.support.workers import WorkerProcess, wait_for
+from tests.support.workers import DbThread, WorkerProcess, wait_for
 from zenthor.channels.webhook.signing import SIGNATURE_HEADER, sign
 from zenthor.ingress import accept
 
@@ -69,7 +68,7 @@ def test_the_same_inbound_from_threads_and_processes_at_once_makes_one_reply(sta
         time.sleep(max(0.0, start_at - time.time()))
         statuses.append(accept(message).status)
 
-    threads = [threading.Thread(target=direct) for _ in range(4)]
+    threads = [DbThread(target=direct) for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from tests.support.factories import make_conversation
-from tests.support.workers import wait_for
+from tests.support.workers import DbThread, wait_for
 from zenthor.agent.replies import write_replies
 from zenthor.db import database
 from zenthor.models import Message, OutboundMessage
@@ -280,7 +280,7 @@ def test_two_concurrent_sweeps_never_deliver_twice():
         finally:
             database.close()
 
-    threads = [threading.Thread(target=run) for _ in range(4)]
+    threads = [DbThread(target=run) for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tests.support.factories import make_conversation
-from tests.support.workers import wait_for
+from tests.support.workers import DbThread, wait_for
 from zenthor.db import database, execute
 from zenthor.models.memory import MemoryNote
 from zenthor.models.reminder import Reminder
@@ -109,7 +109,7 @@ def test_two_threads_with_the_same_key_make_one_reminder(registry):
             "core_schedule_remind", remind_args(), ctx(conversation_id, "tool_approval:42"), timeout_s=10
         )
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(runs)]
+    threads = [DbThread(target=run, args=(i,)) for i in range(runs)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -133,7 +133,7 @@ def test_a_run_that_loses_the_insert_race_returns_the_winners_reminder(registry)
             "core_schedule_remind", remind_args(), ctx(conversation_id, "tool_approval:77"), timeout_s=15
         )
 
-    thread = threading.Thread(target=loser)
+    thread = DbThread(target=loser)
     with database.atomic():
         winner_id = execute(
             "INSERT INTO reminder (conversation_id, channel, account_id, chat_id, text, due_at,"

@@ -100,6 +100,10 @@ def test_database_unreachable_during_a_claim_loses_nothing(worker, caplog):
         with admin.cursor() as cur:
             cur.execute(f'ALTER DATABASE "{TEST_DB}" ALLOW_CONNECTIONS true')
         admin.close()
+        try:
+            database.close()  # this thread's pooled connection was terminated too
+        except (OperationalError, InterfaceError):
+            pass
 
     def answered() -> bool:
         try:

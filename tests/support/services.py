@@ -94,3 +94,10 @@ def purge_queues() -> None:
         broker.declare_queue(queue, ensure=True)
         for name in (queue, f"{queue}.DQ", f"{queue}.XQ"):
             broker.channel.queue_purge(name)
+
+
+def connections_in_use() -> int:
+    """How many pooled connections are checked out by some thread right now."""
+    from zenthor.db import database
+
+    return len(database.obj._in_use) if database.obj is not None else 0

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +24,6 @@ class InProcessWorker:
         from zenthor.broker import broker
 
         self.broker = broker
-        broker.emit_after("process_boot")  # starts the lease heartbeat thread
         self.worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
         self.worker.start()
 
@@ -124,3 +124,20 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message or predicate}")
         time.sleep(interval)
+
+
+class DbThread(threading.Thread):
+    """A thread that hands its database connection back to the pool when it ends.
+
+    Peewee gives every thread its own pooled connection; a test thread that touched the database
+    and exited without closing it would hold that connection for the rest of the run.
+    """
+
+    def run(self) -> None:
+        from zenthor.db import database
+
+        try:
+            super().run()
+        finally:
+            if not database.is_closed():
+                database.close()

@@ -191,7 +191,7 @@ def _after_finish(lease: Lease, written: WrittenReplies | None) -> None:
     """
     try:
         if written is not None and written.outbound_ids:
-            publish_deliveries(written.outbound_ids)
+            publish_deliveries(written.outbound_ids, written.channel)
         next_job = next_pending_job(lease.conversation_id)
         if next_job is not None:
             publish_dispatch(next_job)

@@ -22,11 +22,9 @@ def publish_dispatch(job_id: int, *, delay_ms: int | None = None) -> bool:
         return False
 
 
-def publish_deliveries(outbound_ids: list[int]) -> None:
+def publish_deliveries(outbound_ids: list[int], channel: str | None = None) -> None:
     """Nudge delivery for each outbox row (the outbox sweep re-publishes what this misses)."""
-    try:
-        from zenthor.actors.deliver import publish_delivery
-    except ImportError:  # delivery not installed in this build: rows wait in the outbox
-        return
+    from zenthor.actors.deliver import publish_delivery
+
     for outbound_id in outbound_ids:
-        publish_delivery(outbound_id)
+        publish_delivery(outbound_id, channel=channel)

@@ -88,7 +88,7 @@ def sweep_leases() -> dict[str, int]:
 
     stale = requeue_stale(on_failed=on_failed)
     for written in replies:
-        publish_deliveries(written.outbound_ids)
+        publish_deliveries(written.outbound_ids, written.channel)
     nudged: set[int] = set()
     for job in stale:
         # The requeued job, or the next one behind a job that just failed for good.

@@ -14,7 +14,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 
-from zenthor.models import Conversation, Message, OutboundMessage
+from zenthor.db import execute
 
 FAILURE_REPLY = (
     "Sorry, something went wrong on my side and I couldn't answer your last message. "
@@ -35,6 +35,7 @@ class WrittenReplies:
 
     message_ids: list[int] = field(default_factory=list)
     outbound_ids: list[int] = field(default_factory=list)
+    channel: str | None = None  # lets delivery route the nudges without reading the rows back
 
 
 def register_text_limit(channel: str, limit: int | None) -> None:
@@ -129,6 +130,21 @@ def _attaches_to_previous(char: str) -> bool:
     )
 
 
+# One statement per reply: the assistant message and its outbox parts, in order.
+_INSERT_REPLY = """
+WITH reply AS (
+    INSERT INTO message (conversation_id, role, content, job_id)
+    VALUES (%(conversation)s, 'assistant', %(text)s, %(job)s)
+    RETURNING id
+)
+INSERT INTO outbound_message (conversation_id, job_id, in_reply_to, channel, account_id, chat_id, text)
+SELECT %(conversation)s, %(job)s, %(in_reply_to)s, %(channel)s, %(account)s, %(chat)s, part.text
+  FROM unnest(%(parts)s::text[]) WITH ORDINALITY AS part(text, n)
+ ORDER BY part.n
+RETURNING id, (SELECT id FROM reply)
+"""
+
+
 def write_replies(
     conversation_id: int, job_id: int | None, texts: list[str], *, in_reply_to: int | None = None
 ) -> WrittenReplies:
@@ -137,22 +153,27 @@ def write_replies(
     written = WrittenReplies()
     if not texts:
         return written
-    conversation = Conversation.get_by_id(conversation_id)
-    limit = text_limit(conversation.channel)
+    channel, account_id, chat_id = execute(
+        "SELECT channel, account_id, chat_id FROM conversation WHERE id = %s", (conversation_id,)
+    )[0]
+    written.channel = channel
+    limit = text_limit(channel)
     for text in texts:
-        message = Message.create(conversation=conversation_id, role="assistant", content=text, job_id=job_id)
-        written.message_ids.append(message.id)
-        for part in split_text(text, limit):
-            outbound = OutboundMessage.create(
-                conversation_id=conversation_id,
-                job_id=job_id,
-                in_reply_to=in_reply_to,
-                channel=conversation.channel,
-                account_id=conversation.account_id,
-                chat_id=conversation.chat_id,
-                text=part,
-            )
-            written.outbound_ids.append(outbound.id)
+        rows = execute(
+            _INSERT_REPLY,
+            {
+                "conversation": conversation_id,
+                "text": text,
+                "job": job_id,
+                "in_reply_to": in_reply_to,
+                "channel": channel,
+                "account": account_id,
+                "chat": chat_id,
+                "parts": list(split_text(text, limit)),
+            },
+        )
+        written.message_ids.append(rows[0][1])
+        written.outbound_ids.extend(sorted(row[0] for row in rows))  # ids follow the part order
     return written
 
 

@@ -46,7 +46,8 @@ class LeaseHeartbeat(Middleware):
         self.on_tick = on_tick
         self._leases: dict[int, Lease] = {}
         self._mu = threading.RLock()
-        self._stopping = threading.Event()
+        self._stop_beating = threading.Event()  # ends the heartbeat thread
+        self._draining = threading.Event()  # between the start and the end of a warm shutdown
         self._thread: threading.Thread | None = None
 
     # --- the registry, used by actors ---------------------------------------------------------
@@ -63,7 +64,7 @@ class LeaseHeartbeat(Middleware):
     @property
     def stopping(self) -> bool:
         """True once the worker process began its warm shutdown: take no new leases."""
-        return self._stopping.is_set()
+        return self._draining.is_set()
 
     def held(self) -> list[Lease]:
         """The leases this process holds now."""
@@ -71,8 +72,12 @@ class LeaseHeartbeat(Middleware):
             return list(self._leases.values())
 
     # --- Dramatiq hooks -----------------------------------------------------------------------
-    def after_process_boot(self, broker) -> None:
-        self._stopping.clear()
+    def after_worker_boot(self, broker, worker) -> None:
+        # A process may boot a worker again after stopping one (tests, benchmarks): start afresh.
+        if self._thread is not None and self._thread.is_alive():
+            self._thread.join(timeout=10)  # the previous worker's thread is on its way out
+        self._stop_beating.clear()
+        self._draining.clear()
         self._thread = threading.Thread(target=self._run, name="zenthor-lease-heartbeat", daemon=True)
         self._thread.start()
 
@@ -82,10 +87,15 @@ class LeaseHeartbeat(Middleware):
     after_skip_message = after_process_message
 
     def before_worker_shutdown(self, broker, worker) -> None:
-        self._stopping.set()
+        self._draining.set()
+        self._stop_beating.set()
         held = self.held()
         emit(ev.WORKER_STOPPING, held_leases=len(held), pid=os.getpid())
         self.release_all(reason="shutdown")
+
+    def after_worker_shutdown(self, broker, worker) -> None:
+        # Code in this process that runs turns without a worker (tests, `zenthor ops`) may go on.
+        self._draining.clear()
 
     # --- work ---------------------------------------------------------------------------------
     def beat(self) -> list[Lease]:
@@ -107,7 +117,14 @@ class LeaseHeartbeat(Middleware):
         return released
 
     def _run(self) -> None:
-        while not self._stopping.wait(self.interval_ms / 1000):
+        try:
+            self._beat_until_stopped()
+        finally:
+            if not database.is_closed():
+                database.close()  # hand this thread's connection back to the pool
+
+    def _beat_until_stopped(self) -> None:
+        while not self._stop_beating.wait(self.interval_ms / 1000):
             try:
                 self.beat()
                 if self.on_tick is not None:

@@ -247,9 +247,7 @@ PLUGIN_NOT_ACTIVATED = event(
     level=logging.WARNING,
     description="an enabled plugin that did not activate (conflict or invalid), with the first diagnostic",
 )
-PLUGINS_CONFIG_PROBLEM = event(
-    "plugins.config.problem", "path", "detail", "severity", level=logging.WARNING
-)
+PLUGINS_CONFIG_PROBLEM = event("plugins.config.problem", "path", "detail", "severity", level=logging.WARNING)
 PLUGINS_PERSIST_FAILED = event("plugins.status.persist_failed", "error", level=logging.ERROR)
 TOOL_CALLED = event(
     "plugins.tool.called",
