@@ -270,3 +270,31 @@ def test_an_operator_can_retry_a_failed_job_once():
     row = job(job_id)
     assert (row.status, row.attempts) == ("pending", 0)
     assert isinstance(claim(job_id, "w"), Lease)
+
+
+def test_the_claim_finds_what_is_ahead_in_line_through_the_partial_indexes():
+    """With many finished jobs, the FIFO and busy checks must not scan older rows of the table."""
+    import uuid
+
+    from zenthor.queue import jobs
+
+    conversation = make_conversation()
+    execute(
+        "INSERT INTO agent_job (conversation_id, status) SELECT %s, 'done' FROM generate_series(1, 2000)",
+        (conversation,),
+    )
+    job_id = make_job(conversation)
+    execute("ANALYZE agent_job")
+    params = {"job_id": job_id, "worker": "w", "token": str(uuid.uuid4()), "lock_ms": 1000, "legacy_ms": 1000}
+    with database.atomic() as transaction:
+        plan = "\n".join(row[0] for row in execute("EXPLAIN " + jobs._CLAIM, params))
+        transaction.rollback()
+    scans = {
+        line.split(" on agent_job ")[-1].split()[0]: line
+        for line in plan.splitlines()
+        if " on agent_job " in line
+    }
+    assert "agent_job_open_fifo" in scans["older"], plan
+    processing_only = ("agent_job_one_processing_per_conversation", "agent_job_processing_locked_until")
+    assert any(index in scans["busy"] for index in processing_only), plan
+    assert "Seq Scan" not in plan, plan

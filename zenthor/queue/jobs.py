@@ -41,6 +41,19 @@ _EXPIRED = """(
          < now() - %(legacy_ms)s * interval '1 millisecond')
 )"""
 
+# "Something in this conversation is ahead of job j": an older open job (FIFO, answered from the
+# partial index agent_job_open_fifo) or another job processing now (from the partial unique index).
+# Kept as two probes that match those index predicates exactly; one probe over all three statuses
+# matches neither index and scans every older job of the table.
+_AHEAD_OF_J = """(
+    EXISTS (SELECT 1 FROM agent_job AS older
+             WHERE older.conversation_id = j.conversation_id AND older.id < j.id
+               AND older.status IN ('pending', 'awaiting_approval'))
+ OR EXISTS (SELECT 1 FROM agent_job AS busy
+             WHERE busy.conversation_id = j.conversation_id AND busy.status = 'processing'
+               AND busy.id <> j.id)
+)"""
+
 _CLAIM = f"""
 UPDATE agent_job AS j
    SET status = 'processing',
@@ -54,11 +67,7 @@ UPDATE agent_job AS j
  WHERE j.id = %(job_id)s
    AND (   (j.status = 'pending' AND j.available_at <= now())
         OR (j.status = 'processing' AND j.attempts + 1 < j.max_attempts AND {_EXPIRED}))
-   AND NOT EXISTS (
-        SELECT 1 FROM agent_job AS older
-         WHERE older.conversation_id = j.conversation_id
-           AND older.id < j.id
-           AND older.status IN ('pending', 'processing', 'awaiting_approval'))
+   AND NOT {_AHEAD_OF_J}
 RETURNING j.id, j.conversation_id, j.message_id, j.kind, j.payload, j.attempts, j.max_attempts,
           j.locked_until,
           (SELECT prev.status FROM agent_job AS prev WHERE prev.id = j.id) AS previous_status
@@ -67,9 +76,7 @@ RETURNING j.id, j.conversation_id, j.message_id, j.kind, j.payload, j.attempts, 
 _WHY_REFUSED = f"""
 SELECT j.status, j.available_at <= now() AS available, {_EXPIRED} AS expired,
        j.attempts + 1 < j.max_attempts AS attempts_left, j.processor_id, j.conversation_id,
-       EXISTS (SELECT 1 FROM agent_job AS older
-                WHERE older.conversation_id = j.conversation_id AND older.id < j.id
-                  AND older.status IN ('pending', 'processing', 'awaiting_approval')) AS older_open
+       {_AHEAD_OF_J} AS older_open
   FROM agent_job AS j WHERE j.id = %(job_id)s
 """
 
@@ -139,15 +146,12 @@ RETURNING j.id, j.conversation_id, j.status, j.attempts, j.message_id
 
 # The head of each conversation's line that nobody claimed within the grace period: a lost or
 # refused publish. Its available_at moves to now so it is re-published once per grace period.
-_REPUBLISH_CANDIDATES = """
+_REPUBLISH_CANDIDATES = f"""
 WITH heads AS (
     SELECT j.id FROM agent_job AS j
      WHERE j.status = 'pending'
        AND j.available_at < now() - %(grace_ms)s * interval '1 millisecond'
-       AND NOT EXISTS (
-            SELECT 1 FROM agent_job AS older
-             WHERE older.conversation_id = j.conversation_id AND older.id < j.id
-               AND older.status IN ('pending', 'processing', 'awaiting_approval'))
+       AND NOT {_AHEAD_OF_J}
      ORDER BY j.available_at
      LIMIT %(limit)s
        FOR UPDATE SKIP LOCKED
