@@ -298,3 +298,16 @@ def test_the_claim_finds_what_is_ahead_in_line_through_the_partial_indexes():
     processing_only = ("agent_job_one_processing_per_conversation", "agent_job_processing_locked_until")
     assert any(index in scans["busy"] for index in processing_only), plan
     assert "Seq Scan" not in plan, plan
+
+
+def test_one_sweep_recheck_chain_and_one_watchdog_winner():
+    from zenthor.queue import sweep_state
+
+    assert sweep_state.claim_next_check(60_000)  # the first asker starts the chain
+    assert not sweep_state.claim_next_check(60_000)  # a second scheduler does not start another
+    assert not sweep_state.claim_overdue(1_000)  # the chain is on time: no watchdog
+    execute("UPDATE sweep_state SET next_check_at = now() - interval '2 seconds'")
+    winners = [sweep_state.claim_overdue(1_000) for _ in range(3)]
+    assert winners == [True, False, False]  # the chain stalled: exactly one worker sweeps
+    execute("DELETE FROM sweep_state")
+    assert sweep_state.claim_overdue(1_000)  # no sweep ever ran: the watchdog starts one

@@ -56,17 +56,21 @@ def claim_next_check(delay_ms: int, name: str = SWEEP) -> bool:
 
 
 def claim_overdue(interval_ms: int, name: str = SWEEP) -> bool:
-    """True for exactly one caller when the re-check chain is a full interval overdue.
+    """True for exactly one caller when the re-check chain is half an interval overdue.
 
     The chain's messages can stall in a paused worker's prefetch buffer or be lost with the
     broker; every worker asks this on its heartbeat tick, and the one that wins runs the sweep
-    itself, so lease recovery never depends on the sweep queue alone.
+    itself, so lease recovery never depends on the sweep queue alone (nor on a free worker
+    thread: every thread may be busy with a long turn). While the chain is stalled the watchdog
+    runs every 1.5 intervals, so recovery stays within lease TTL + 15 s at the default 10 s.
     """
     rows = execute(
         """
-        UPDATE sweep_state SET next_check_at = now() + %(interval)s * interval '1 millisecond'
-         WHERE name = %(name)s
-           AND (next_check_at IS NULL OR next_check_at < now() - %(interval)s * interval '1 millisecond')
+        INSERT INTO sweep_state (name, next_check_at)
+        VALUES (%(name)s, now() + %(interval)s * interval '1 millisecond')
+        ON CONFLICT (name) DO UPDATE SET next_check_at = EXCLUDED.next_check_at
+         WHERE sweep_state.next_check_at IS NULL
+            OR sweep_state.next_check_at < now() - %(interval)s * interval '0.5 millisecond'
         RETURNING name
         """,
         {"name": name, "interval": interval_ms},
