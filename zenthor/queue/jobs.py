@@ -461,7 +461,8 @@ def release(lease: Lease, *, reason: str) -> bool:
     lease.finishing = True
     released = bool(execute(_RELEASE, {"job_id": lease.job_id, "token": lease.token}))
     if released:
-        lease.mark_lost("release")  # this process no longer owns it; any later write must fail
+        # This process gave the job up (no "lease lost" event): any later write by it must fail.
+        lease._lost.set()
         emit(ev.JOB_RELEASED, job_id=lease.job_id, conversation_id=lease.conversation_id, reason=reason)
     return released
 
