@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -79,6 +80,9 @@ def clean_state(test_services):
     # A thread that used the database and ended without closing holds a pooled connection for the
     # rest of the run; enough of them starve later tests. This thread's own connection and one of
     # a heartbeat thread still on its way out are allowed.
+    deadline = time.monotonic() + 3  # daemon threads (heartbeat, watchdog) close theirs as they end
+    while services.connections_in_use() > 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
     leaked = services.connections_in_use() - 2
     assert leaked <= 0, (
         f"{leaked} pooled database connection(s) still checked out after the test: a thread used "

@@ -47,13 +47,15 @@ def build_broker() -> tuple[RabbitmqBroker, LeaseHeartbeat]:
     middleware = [
         AgeLimit(),
         TimeLimit(time_limit=settings.DISPATCH_TIME_LIMIT_MS),
+        # Before ShutdownNotifications: on warm shutdown the process stops taking leases and
+        # releases what it holds before Dramatiq interrupts the running actors.
+        heartbeat,
         ShutdownNotifications(),
         Callbacks(),
         CurrentMessage(),
         Pipelines(),
         Retries(max_retries=5, min_backoff=500, max_backoff=30_000),
         DbConnection(),
-        heartbeat,
         PeriodiqMiddleware(skip_delay=30),
     ]
     rabbit = RabbitmqBroker(

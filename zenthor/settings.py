@@ -135,6 +135,12 @@ class Settings(BaseSettings):
                 "AGENT_JOB_HEARTBEAT_MS must be at most half of AGENT_JOB_LOCK_MS "
                 f"(got {self.AGENT_JOB_HEARTBEAT_MS} and {self.AGENT_JOB_LOCK_MS})"
             )
+        if self.WEBHOOK_TIMEOUT_S * 1000 >= self.OUTBOUND_LOCK_MS:
+            raise ValueError(
+                "WEBHOOK_TIMEOUT_S must be shorter than OUTBOUND_LOCK_MS, or a slow callback could "
+                f"outlive its delivery lease and be sent twice (got {self.WEBHOOK_TIMEOUT_S}s and "
+                f"{self.OUTBOUND_LOCK_MS} ms)"
+            )
         if self.WHATSAPP_HEARTBEAT_MS * 2 > self.WHATSAPP_LEASE_TTL_MS:
             raise ValueError("WHATSAPP_HEARTBEAT_MS must be at most half of WHATSAPP_LEASE_TTL_MS")
         return self

@@ -189,6 +189,8 @@ def test_message_without_provider_id_gets_a_derived_key():
         ({"text": None}, "text"),
         ({"provider_message_id": "x" * 300}, "provider_message_id"),
         ({"account_id": "a\x00b"}, "account_id"),
+        ({"text": "a\x00b"}, "text"),
+        ({"sender_name": "Ana\x00"}, "sender_name"),
     ],
 )
 def test_invalid_inbound_names_the_field(overrides, field):
@@ -201,3 +203,44 @@ def test_round_trip_through_dict_keeps_unicode():
     text = "héllo 👋🏽 שלום عربى e\u0301 \u200f"
     message = inbound(text)
     assert InboundMessage.from_dict(message.to_dict()) == message
+
+
+def test_accepts_of_one_conversation_commit_in_the_order_of_their_ids():
+    """Two senders in one group chat: the second accept waits for the first to commit, so the
+    FIFO order of their jobs (by id) is the order in which they became visible."""
+    inside_first = threading.Event()
+    release_first = threading.Event()
+
+    def pause_first(conversation_id: int, message_id: int, text: str):
+        if text == "first":
+            inside_first.set()
+            assert release_first.wait(10)
+        return None
+
+    # The conversation exists already (a new one would make the second accept wait on its row).
+    accept(inbound("earlier", message_id="g-0"), publish=lambda _: True)
+    answers_module.register_answer_handler(pause_first)
+    results: dict[str, object] = {}
+    try:
+        first = DbThread(
+            target=lambda: results.update(
+                first=accept(inbound("first", message_id="g-1"), publish=lambda _: True)
+            )
+        )
+        first.start()
+        assert inside_first.wait(10)
+        second = DbThread(
+            target=lambda: results.update(
+                second=accept(inbound("second", message_id="g-2", sender_id="user-2"), publish=lambda _: True)
+            )
+        )
+        second.start()
+        second.join(timeout=1.0)
+        assert second.is_alive(), "the second accept must wait for the first one's commit"
+        release_first.set()
+        first.join(timeout=10)
+        second.join(timeout=10)
+    finally:
+        release_first.set()
+        answers_module.unregister_answer_handler(pause_first)
+    assert results["first"].job_id < results["second"].job_id

@@ -115,3 +115,19 @@ def test_database_unreachable_during_a_claim_loses_nothing(worker, caplog):
     wait_for(answered, 30, interval=0.2, message="job done after the database came back")
     assert assistant_messages(conversation) == ["done: are you there?"]
     assert AgentJob.get_by_id(job_id).attempts == 0  # an infrastructure error costs no attempt
+
+
+def test_a_nudge_that_arrives_before_the_job_is_available_comes_back_on_time(worker, settings_env):
+    """A retry's delayed nudge can arrive early (clock skew between hosts): it is re-published for
+    the moment the database says, instead of waiting for the sweep's re-publish grace period."""
+    from zenthor.db import execute
+
+    settings_env(AGENT_TURN="tests.support.turns:scripted_turn", DISPATCH_REPUBLISH_GRACE_MS="600000")
+    conversation = make_conversation()
+    job_id = make_job(conversation, "later")
+    execute(
+        "UPDATE agent_job SET available_at = now() + interval '1500 milliseconds' WHERE id = %s", (job_id,)
+    )
+    publish_dispatch(job_id)
+    wait_for(lambda: done(job_id), 10, message="job done soon after it became available")
+    assert assistant_messages(conversation) == ["done: later"]

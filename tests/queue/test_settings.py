@@ -41,6 +41,16 @@ def test_a_heartbeat_longer_than_half_the_lease_is_refused():
     assert "AGENT_JOB_HEARTBEAT_MS" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+def test_a_webhook_timeout_longer_than_the_delivery_lease_is_refused():
+    result = run(
+        [sys.executable, "-m", "zenthor.cli", "ops", "status"],
+        WEBHOOK_TIMEOUT_S="40",
+        OUTBOUND_LOCK_MS="30000",
+    )
+    assert result.returncode == 2
+    assert "WEBHOOK_TIMEOUT_S" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
 def test_a_missing_required_setting_is_named():
     from zenthor.settings import SettingsError, get_settings
 

@@ -99,9 +99,19 @@ def process_job(job_id: int) -> str:
             emit(ev.JOB_NOT_FOUND, job_id=job_id)
         else:
             emit(ev.JOB_CLAIM_REFUSED, job_id=job_id, reason=outcome.reason)
+        if outcome.reason == "not_yet_available" and outcome.available_in_ms is not None:
+            # A delayed retry arrived early (the publisher's clock runs ahead of the database's):
+            # ask again when the database says the job is available.
+            publish_dispatch(job_id, delay_ms=outcome.available_in_ms + 50)
         return f"refused:{outcome.reason}"
     lease_heartbeat.hold(outcome)
     try:
+        if lease_heartbeat.stopping:
+            # The shutdown began between the check above and the claim, after the heartbeat
+            # middleware released what it held: give this one back too.
+            if release(outcome, reason="shutdown"):
+                hand_over(job_id)
+            return "released"
         return _run_claimed(outcome, started)
     finally:
         lease_heartbeat.drop()

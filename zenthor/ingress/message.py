@@ -50,6 +50,11 @@ class InboundMessage:
             raise InvalidInbound("text", f"must be a string, got {type(self.text).__name__}")
         if self.sender_name is not None and not isinstance(self.sender_name, str):
             raise InvalidInbound("sender_name", f"must be a string, got {type(self.sender_name).__name__}")
+        # Postgres text cannot hold NUL: refuse it here with the field's name, not at INSERT time.
+        for name in ("text", "sender_name"):
+            value = getattr(self, name)
+            if value is not None and "\x00" in value:
+                raise InvalidInbound(name, "must not contain NUL characters")
         if not isinstance(self.sent_at, datetime):
             raise InvalidInbound("sent_at", f"must be a datetime, got {type(self.sent_at).__name__}")
         if self.sent_at.tzinfo is None:

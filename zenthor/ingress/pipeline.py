@@ -101,6 +101,10 @@ def _accept_in_transaction(message: InboundMessage, key: str, policy) -> AcceptR
         # The key stays recorded, so the provider's retries of this message are duplicates.
         return AcceptResult(IGNORED, reason=f"policy_{policy.mode}")
     conversation_id = _conversation_id(message)
+    # Serialise accepts of one conversation until commit, so ids (the FIFO order of its jobs)
+    # follow commit order even when several senders write to one group chat at once. NO KEY
+    # UPDATE does not block the foreign-key checks of other writers to this conversation.
+    execute("SELECT 1 FROM conversation WHERE id = %s FOR NO KEY UPDATE", (conversation_id,))
     (message_id,) = execute(
         _INSERT_MESSAGE, (conversation_id, message.text, message.sender_id, message.provider_message_id)
     )[0]

@@ -49,6 +49,7 @@ class LeaseHeartbeat(Middleware):
         self._stop_beating = threading.Event()  # ends the heartbeat thread
         self._draining = threading.Event()  # between the start and the end of a warm shutdown
         self._thread: threading.Thread | None = None
+        self._tick_thread: threading.Thread | None = None
 
     # --- the registry, used by actors ---------------------------------------------------------
     def hold(self, lease: Lease) -> None:
@@ -127,11 +128,27 @@ class LeaseHeartbeat(Middleware):
         while not self._stop_beating.wait(self.interval_ms / 1000):
             try:
                 self.beat()
-                if self.on_tick is not None:
-                    self.on_tick()
             except Exception as error:  # noqa: BLE001 - keep beating; leases expire if the DB stays down
                 emit(ev.DATABASE_UNAVAILABLE, operation="heartbeat", job_id=None, error=str(error)[:200])
                 try:
                     database.close()
                 except Exception:  # noqa: BLE001
                     pass
+            self._start_tick()
+
+    def _start_tick(self) -> None:
+        # The tick (the overdue-sweep watchdog) publishes and deletes in bulk; on its own thread
+        # a slow broker or a big prune can never hold back the next heartbeat. One at a time.
+        if self.on_tick is None or (self._tick_thread is not None and self._tick_thread.is_alive()):
+            return
+        self._tick_thread = threading.Thread(target=self._tick, name="zenthor-sweep-watchdog", daemon=True)
+        self._tick_thread.start()
+
+    def _tick(self) -> None:
+        try:
+            self.on_tick()
+        except Exception:  # noqa: BLE001 - the next tick tries again
+            _logger.warning("the overdue-sweep watchdog failed", exc_info=True)
+        finally:
+            if not database.is_closed():
+                database.close()

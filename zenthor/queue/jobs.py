@@ -75,6 +75,7 @@ RETURNING j.id, j.conversation_id, j.message_id, j.kind, j.payload, j.attempts, 
 
 _WHY_REFUSED = f"""
 SELECT j.status, j.available_at <= now() AS available, {_EXPIRED} AS expired,
+       greatest(0, ceil(extract(epoch FROM j.available_at - now()) * 1000))::bigint AS available_in_ms,
        j.attempts + 1 < j.max_attempts AS attempts_left, j.processor_id, j.conversation_id,
        {_AHEAD_OF_J} AS older_open
   FROM agent_job AS j WHERE j.id = %(job_id)s
@@ -236,6 +237,7 @@ class ClaimRefused:
     reason: str  # not_found | finished | not_yet_available | held | conversation_busy | attempts_exhausted
     holder: str | None = None
     conversation_id: int | None = None
+    available_in_ms: int | None = None  # for not_yet_available: how long until it is, by the DB clock
 
 
 @dataclass(frozen=True)
@@ -342,7 +344,7 @@ def _why_refused(params: dict[str, Any]) -> ClaimRefused:
     job_id = params["job_id"]
     if not rows:
         return ClaimRefused(job_id, "not_found")
-    status, available, expired, attempts_left, holder, conversation_id, older_open = rows[0]
+    status, available, expired, available_in_ms, attempts_left, holder, conversation_id, older_open = rows[0]
     if status in ("done", "failed", "awaiting_approval"):
         reason = "finished" if status != "awaiting_approval" else "awaiting_approval"
     elif status == "processing" and not expired:
@@ -353,7 +355,9 @@ def _why_refused(params: dict[str, Any]) -> ClaimRefused:
     elif older_open:
         reason = "conversation_busy"
     elif status == "pending" and not available:
-        reason = "not_yet_available"
+        return ClaimRefused(
+            job_id, "not_yet_available", conversation_id=conversation_id, available_in_ms=available_in_ms
+        )
     else:
         reason = "conversation_busy"  # lost a race that the snapshot no longer shows
     return ClaimRefused(job_id, reason, holder=holder, conversation_id=conversation_id)

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from peewee import InterfaceError, OperationalError
+from playhouse.pool import MaxConnectionsExceeded
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from starlette.applications import Starlette
@@ -82,7 +83,7 @@ def create_app(
             return _reject(account_id, 422, str(error), field=error.field)
         try:
             result = await run_in_threadpool(_accept_in_thread, message, publish)
-        except (OperationalError, InterfaceError) as error:
+        except (OperationalError, InterfaceError, MaxConnectionsExceeded) as error:
             _logger.error("database unavailable: %s", str(error)[:200], extra={"event": "gateway.db_error"})
             return _reject(account_id, 503, "database unavailable; retry later")
         if result.status == DUPLICATE:
