@@ -17,7 +17,7 @@ from zenthor.db import init_database  # noqa: E402
 init_database()
 
 import zenthor.actors.approvals  # noqa: E402, F401 - approval answers and expiry
-import zenthor.plugins.builtin.core_schedule.sweep_step  # noqa: E402, F401 - due reminders
+import zenthor.actors.reminders  # noqa: E402, F401 - due reminders
 from zenthor.actors.deliver import deliver  # noqa: E402, F401
 from zenthor.actors.dispatch import dispatch, hand_over  # noqa: E402
 from zenthor.actors.ingest import ingest  # noqa: E402, F401

@@ -1,7 +1,8 @@
-"""Registers the reminders step with the sweep (imported by :mod:`zenthor.actors`).
+"""Wiring of core-schedule's due reminders into the sweep (imported by ``zenthor.actors``).
 
-This is the glue between layers: it hands the delivery step the reply writer and the publisher,
-so :mod:`.delivery` itself imports nothing above the plugins.
+Lives with the actors because it joins layers the plugin must not import: it hands the plugin's
+delivery step the reply writer and the publisher, so
+:mod:`zenthor.plugins.builtin.core_schedule.delivery` imports nothing above the plugins.
 """
 
 from __future__ import annotations
