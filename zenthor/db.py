@@ -9,8 +9,6 @@ middleware), so a worker's threads never share a connection.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -72,13 +70,6 @@ def close_database() -> None:
         if database.obj is not None:
             database.obj.close_all()
         _initialised_url = None
-
-
-@contextmanager
-def transaction() -> Iterator[None]:
-    """One database transaction (nested calls become savepoints)."""
-    with database.atomic():
-        yield
 
 
 def execute(sql: str, params: tuple | list | dict | None = None) -> list[tuple]:

@@ -29,8 +29,3 @@ def migrate() -> list[str]:
             return runner().up()
         finally:
             database.execute_sql("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
-
-
-def pending() -> list[str]:
-    """Names of migrations not yet applied."""
-    return [m.name for m in runner().status() if m.applied is None and m.path is not None]
