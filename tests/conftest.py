@@ -33,6 +33,7 @@ TEST_ENV = {
     "LOG_FORMAT": "json",
     "LOG_LEVEL": "INFO",
     "PLUGINS_CONFIG": str(ROOT / "config" / "plugins.toml"),
+    "ZENTHOR_ENV": "test",
 }
 os.environ.update(TEST_ENV)
 # Worker subprocesses import test helpers (tests.support) by module path.

@@ -88,12 +88,41 @@ class Settings(BaseSettings):
     PLUGINS_PATH: str = ""
 
     # --- channels -------------------------------------------------------------------------
+    # Where this process runs: the WhatsApp fake transport refuses to start in production.
+    ZENTHOR_ENV: Literal["production", "dev", "test"] = "production"
     WHATSAPP_AUTH_MODE: Literal["local", "postgres"] = "local"
+    # local mode: one SQLite session file per account in this directory.
+    WHATSAPP_AUTH_DIR: str = "var/whatsapp"
     WHATSAPP_ACCOUNT_ID: str = "default"
+    # The account ownership lease (DB clock) and its heartbeat; a standby retries every STANDBY_RETRY.
     WHATSAPP_LEASE_TTL_MS: int = Field(default=45_000, ge=1_000)
     WHATSAPP_HEARTBEAT_MS: int = Field(default=15_000, ge=100)
+    WHATSAPP_STANDBY_RETRY_MS: int = Field(default=3_000, ge=50)
+    # After StreamReplaced (another connection took this device) wait this long before trying again.
+    WHATSAPP_REPLACED_HOLDOFF_MS: int = Field(default=60_000, ge=0)
+    # How long a stopping connection may take before the process gives up on it and exits.
+    WHATSAPP_STOP_TIMEOUT_S: float = Field(default=90.0, gt=0)
+    # On SIGTERM the lease is released only once the connection is closed, within this grace.
+    WHATSAPP_SHUTDOWN_GRACE_S: float = Field(default=3.0, gt=0)
+    # First-dial retries: capped exponential backoff with jitter (whatsmeow never retries it).
+    WHATSAPP_RECONNECT_BASE_MS: int = Field(default=2_000, ge=10)
+    WHATSAPP_RECONNECT_MAX_MS: int = Field(default=300_000, ge=10)
+    WHATSAPP_TRANSPORT: Literal["neonize", "fake"] = "neonize"
+    WHATSAPP_FAKE_DIR: str | None = None
     WHATSAPP_CONTACT_POLICY: Literal["open", "allowlist", "disabled"] = "allowlist"
     WHATSAPP_ALLOW_FROM: str = ""
+    # Groups: ignored, or answered only when a message mentions the assistant.
+    WHATSAPP_GROUPS: Literal["ignore", "mentions"] = "ignore"
+    # Send rate (WhatsApp bans accounts that send too fast); queued replies wait, in order.
+    WHATSAPP_RATE_PER_CHAT_PER_MIN: int = Field(default=20, ge=1)
+    WHATSAPP_RATE_PER_ACCOUNT_PER_MIN: int = Field(default=60, ge=1)
+    # The owner's outbox loop and its read-mark/typing loop poll Postgres this often.
+    WHATSAPP_OUTBOX_POLL_MS: int = Field(default=250, ge=10)
+    WHATSAPP_PRESENCE_POLL_MS: int = Field(default=1_000, ge=50)
+    WHATSAPP_PAIR_TIMEOUT_S: int = Field(default=180, ge=5)
+    # Serve this runtime's own Prometheus metrics on this port (0: off).
+    WHATSAPP_METRICS_PORT: int = Field(default=0, ge=0, le=65535)
+    WHATSAPP_UNSUPPORTED_REPLY: str = "Sorry, I can only read text messages for now."
     WEBHOOK_SECRET: str | None = None
     WEBHOOK_CALLBACK_URL: str | None = None
     WEBHOOK_CONTACT_POLICY: Literal["open", "allowlist", "disabled"] = "open"

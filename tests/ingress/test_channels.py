@@ -116,6 +116,6 @@ def test_sender_registry_validates_and_routes():
 
     assert queue_for_channel("whatsapp-test") == "outbound.whatsapp-test"
     assert queue_for_channel("unknown-channel") == "outbound"
-    # A process without the WhatsApp sender (a dispatch worker) still routes its rows to the
-    # queue of the process that owns the account, never to the shared queue.
-    assert queue_for_channel("whatsapp") == "outbound.whatsapp"
+    # A process without the WhatsApp sender (a dispatch worker) never routes its rows to the shared
+    # queue: the runtime that owns the account polls its own rows (no nudge at all).
+    assert queue_for_channel("whatsapp") is None

@@ -8,7 +8,7 @@ re-publishes rows whose nudge was lost and takes back rows whose sender died mid
 
 Routing: :func:`publish_delivery` sends the nudge to the queue the channel's sender names (see
 :mod:`zenthor.channels`): ``outbound`` for webhook rows (any worker), a channel's own queue such
-as ``outbound.whatsapp`` for a channel whose account lives in one process, none for the terminal.
+for a channel that has one, none for channels whose owning process polls (terminal, WhatsApp).
 """
 
 from __future__ import annotations

@@ -4,11 +4,11 @@ Delivery happens "in the process that owns the channel account" (DESIGN.md). A s
 Dramatiq queue its delivery nudges go to:
 
 - ``outbound`` (the default): any worker may deliver (webhook: an HTTP POST from anywhere);
-- a channel's own queue (WhatsApp later: ``outbound.whatsapp``), consumed only by the runtime
-  that holds the account's lease (``dramatiq zenthor.actors -Q outbound.whatsapp`` in that
-  process, or its own consumer), so the account's session sends its own messages;
-- ``None``: no nudge at all; the owning process polls its outbox rows itself (the terminal chat
-  shows replies as it claims them, so "sent" means "shown to the person").
+- a channel's own queue, consumed only by the processes that may send for it;
+- ``None``: no nudge at all; the owning process polls its outbox rows itself. The terminal chat
+  shows replies as it claims them ("sent" means "shown to the person"); the WhatsApp runtime that
+  holds an account's lease claims that account's rows, fenced by the account lease (a shared
+  ``outbound.whatsapp`` queue would hand account A's reply to account B's process).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ _senders: dict[str, ChannelSender] = {}
 # the nudge for a WhatsApp reply although only the WhatsApp runtime has that channel's sender).
 # A channel without an entry goes to the shared ``outbound`` queue; None means "polled by its
 # owning process". register_sender updates this map too.
-_routes: dict[str, str | None] = {"terminal": None, "whatsapp": "outbound.whatsapp"}
+_routes: dict[str, str | None] = {"terminal": None, "whatsapp": None}
 _lock = threading.Lock()
 _builtins_loaded = False
 

@@ -10,6 +10,7 @@ from zenthor.cli.migrate import migrate_command
 from zenthor.cli.ops import ops
 from zenthor.cli.plugins import plugins
 from zenthor.cli.replay import replay_command
+from zenthor.cli.whatsapp import whatsapp
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -23,6 +24,7 @@ cli.add_command(plugins)
 cli.add_command(gateway_command)
 cli.add_command(chat_command)
 cli.add_command(replay_command)
+cli.add_command(whatsapp)
 
 
 def main() -> None:

@@ -3,19 +3,30 @@
 from zenthor.ingress.answers import AnswerHandler, AnswerOutcome, register_answer_handler
 from zenthor.ingress.dedupe import prune_dedupe_keys
 from zenthor.ingress.message import InboundMessage, InvalidInbound, parse_sent_at
-from zenthor.ingress.pipeline import ACCEPTED, ANSWER, DUPLICATE, IGNORED, AcceptResult, accept
+from zenthor.ingress.pipeline import (
+    ACCEPTED,
+    ANSWER,
+    DUPLICATE,
+    IGNORED,
+    NOTICE,
+    AcceptResult,
+    accept,
+    accept_notice,
+)
 
 __all__ = [
     "ACCEPTED",
     "ANSWER",
     "DUPLICATE",
     "IGNORED",
+    "NOTICE",
     "AcceptResult",
     "AnswerHandler",
     "AnswerOutcome",
     "InboundMessage",
     "InvalidInbound",
     "accept",
+    "accept_notice",
     "parse_sent_at",
     "prune_dedupe_keys",
     "register_answer_handler",

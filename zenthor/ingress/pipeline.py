@@ -24,7 +24,7 @@ from zenthor.settings import get_settings
 
 Publisher = Callable[[int], object]
 
-ACCEPTED, DUPLICATE, ANSWER, IGNORED = "accepted", "duplicate", "answer", "ignored"
+ACCEPTED, DUPLICATE, ANSWER, IGNORED, NOTICE = "accepted", "duplicate", "answer", "ignored", "notice"
 
 _UPSERT_CONTACT = """
 INSERT INTO contact (channel, account_id, sender_id, display_name) VALUES (%s, %s, %s, %s)
@@ -119,6 +119,41 @@ def _accept_in_transaction(message: InboundMessage, key: str, policy) -> AcceptR
 
 
 _SELECT_CONVERSATION = "SELECT id FROM conversation WHERE channel = %s AND account_id = %s AND chat_id = %s"
+
+_INSERT_NOTICE = """
+INSERT INTO outbound_message (conversation_id, channel, account_id, chat_id, text)
+VALUES (%s, %s, %s, %s, %s)
+RETURNING id
+"""
+
+
+def accept_notice(message: InboundMessage, reply: str | None) -> AcceptResult:
+    """Accept a message no turn can answer (a sticker, media without text) once: record its
+    dedupe key and, when ``reply`` is given and the sender is allowed, queue that short reply in
+    the outbox, in one transaction. No user message and no job are written. ``status`` is
+    ``notice`` (``message_id`` holds the outbox row, None without a reply), ``duplicate`` or
+    ``ignored``.
+    """
+    if database.in_transaction():
+        raise RuntimeError("accept_notice() must run outside a transaction")
+    key = message.dedupe_key()
+    policy = policy_for(message.channel, get_settings())
+    with database.atomic():
+        if not record_key(message.channel, message.account_id, key):
+            return AcceptResult(DUPLICATE)
+        (operator_allowed,) = execute(
+            _UPSERT_CONTACT, (message.channel, message.account_id, message.sender_id, message.sender_name)
+        )[0]
+        if not policy.allows(message.sender_id, already_allowed=operator_allowed):
+            return AcceptResult(IGNORED, reason=f"policy_{policy.mode}")
+        conversation_id = _conversation_id(message)
+        outbound_id = None
+        if reply:
+            ((outbound_id,),) = execute(
+                _INSERT_NOTICE,
+                (conversation_id, message.channel, message.account_id, message.chat_id, reply),
+            )
+    return AcceptResult(NOTICE, conversation_id, outbound_id)
 
 
 def _conversation_id(message: InboundMessage) -> int:

@@ -26,7 +26,21 @@ class ContactPolicy:
             return True
         if self.mode == "disabled":
             return False
-        return already_allowed or sender_id in self.allow_from
+        return already_allowed or sender_id in self.allow_from or _number(sender_id) in self._numbers
+
+    @property
+    def _numbers(self) -> frozenset[str]:
+        return frozenset(_number(entry) for entry in self.allow_from)
+
+
+def _number(identity: str) -> str:
+    """A phone number's digits, so an allowlist entry ``+55 11 98765-4321`` matches the WhatsApp
+    JID ``5511987654321@s.whatsapp.net``; any other id is returned unchanged (exact match only)."""
+    user, _, server = identity.partition("@")
+    if server == "lid":
+        return identity  # a LID's digits are not a phone number
+    digits = "".join(ch for ch in user if ch not in "+ -().")
+    return digits if digits.isdigit() else identity
 
 
 def policy_for(channel: str, settings: Settings) -> ContactPolicy:

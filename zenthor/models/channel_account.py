@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from peewee import SQL, BigAutoField, TextField, UUIDField
+from peewee import SQL, BigAutoField, BigIntegerField, IntegerField, TextField, UUIDField
 
 from zenthor.models.base import BaseModel, DateTimeTZField
 
@@ -19,6 +19,18 @@ class ChannelAccount(BaseModel):
     heartbeat_at = DateTimeTZField(null=True)
     auth_mode = TextField(default="local")
     state = TextField(default="idle")
+    device_jid = TextField(null=True)
+    lease_term = BigIntegerField(default=0)
+    client_version = TextField(null=True)
+    last_error = TextField(null=True)
+    ban_code = IntegerField(null=True)
+    banned_until = DateTimeTZField(null=True)
+    hold_until = DateTimeTZField(null=True)
+    connected_at = DateTimeTZField(null=True)
+    last_inbound_at = DateTimeTZField(null=True)
+    last_outbound_at = DateTimeTZField(null=True)
+    resends_total = BigIntegerField(default=0)
+    rate_limited_total = BigIntegerField(default=0)
     updated_at = DateTimeTZField(constraints=[SQL("DEFAULT now()")])
 
     class Meta:

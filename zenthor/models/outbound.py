@@ -30,6 +30,7 @@ class OutboundMessage(BaseModel):
     last_error = TextField(null=True)
     created_at = DateTimeTZField(constraints=[SQL("DEFAULT now()")])
     sent_at = DateTimeTZField(null=True)
+    resends = IntegerField(default=0)
 
     class Meta:
         table_name = "outbound_message"

@@ -141,9 +141,197 @@ OUTBOUND_RETRY = event(
 OUTBOUND_FAILED = event("outbound.failed", "outbound_id", "attempts", "error", level=logging.ERROR)
 
 # --- channels -----------------------------------------------------------------------------
-CHANNEL_LEASE_ACQUIRED = event("channel.lease.acquired", "channel", "account_id", "owner_id")
-CHANNEL_LEASE_LOST = event("channel.lease.lost", "channel", "account_id", "owner_id", level=logging.WARNING)
-CHANNEL_LEASE_RELEASED = event("channel.lease.released", "channel", "account_id", "owner_id")
+CHANNEL_LEASE_ACQUIRED = event(
+    "channel.lease.acquired",
+    "channel",
+    "account_id",
+    "owner_id",
+    "term",
+    "previous_owner",
+    "takeover",
+    description="this process owns the account now (takeover: the previous owner's lease had expired)",
+)
+CHANNEL_LEASE_CONTENDED = event(
+    "channel.lease.contended",
+    "channel",
+    "account_id",
+    "owner_id",
+    "holder",
+    "expires_in_ms",
+    level=logging.DEBUG,
+    description="a standby tried to take the account and another process holds it",
+)
+CHANNEL_LEASE_LOST = event(
+    "channel.lease.lost",
+    "channel",
+    "account_id",
+    "owner_id",
+    "term",
+    "reason",
+    level=logging.WARNING,
+    description="this process stopped owning the account (heartbeat refused or the lease ran out)",
+)
+CHANNEL_LEASE_RELEASED = event(
+    "channel.lease.released", "channel", "account_id", "owner_id", "term", "reason"
+)
+CHANNEL_STANDBY = event(
+    "channel.standby",
+    "channel",
+    "account_id",
+    "owner_id",
+    "reason",
+    description="this process waits as standby (another owns the account, or it waits for an operator)",
+)
+
+# --- WhatsApp -------------------------------------------------------------------------------
+WA_CONNECTION = event(
+    "whatsapp.connection.state",
+    "account_id",
+    "state",
+    "term",
+    "detail",
+    description="the account's connection changed state (connecting, connected, disconnected, ...)",
+)
+WA_CONNECT_RETRY = event(
+    "whatsapp.connection.retry", "account_id", "attempt", "delay_ms", "error", level=logging.WARNING
+)
+WA_LOGGED_OUT = event(
+    "whatsapp.connection.logged_out",
+    "account_id",
+    "reason",
+    "on_connect",
+    level=logging.ERROR,
+    description="WhatsApp removed this device: the session is gone; pair again (zenthor whatsapp pair)",
+)
+WA_STREAM_REPLACED = event(
+    "whatsapp.connection.stream_replaced",
+    "account_id",
+    "term",
+    level=logging.ERROR,
+    description="another connection of this device took over (440); this term ends, no reconnect",
+)
+WA_TEMPORARY_BAN = event(
+    "whatsapp.connection.temporary_ban",
+    "account_id",
+    "code",
+    "banned_until",
+    level=logging.ERROR,
+    description="WhatsApp banned the account for a while; no runtime connects before banned_until",
+)
+WA_CLIENT_OUTDATED = event(
+    "whatsapp.connection.client_outdated",
+    "account_id",
+    "client_version",
+    level=logging.ERROR,
+    description="WhatsApp refuses this client version (405): upgrade neonize",
+)
+WA_CONNECTION_ODDITY = event(
+    "whatsapp.connection.event",
+    "account_id",
+    "kind",
+    "code",
+    "detail",
+    level=logging.WARNING,
+    description="a transient connection event (stream error, keepalive timeout, connect failure)",
+)
+WA_STOP_SLOW = event(
+    "whatsapp.connection.stop_slow",
+    "account_id",
+    "waited_s",
+    level=logging.WARNING,
+    description="closing the old connection is taking long (neonize's stop() can block a minute)",
+)
+WA_INBOUND_SKIPPED = event(
+    "whatsapp.inbound.skipped",
+    "account_id",
+    "provider_message_id",
+    "reason",
+    level=logging.DEBUG,
+    description="own message, status broadcast, or a group message not for the assistant",
+)
+WA_INBOUND_UNSUPPORTED = event(
+    "whatsapp.inbound.unsupported",
+    "account_id",
+    "provider_message_id",
+    "kind",
+    "replied",
+    description="a message without text (media, sticker, reaction)",
+)
+WA_INBOUND_MALFORMED = event(
+    "whatsapp.inbound.malformed",
+    "account_id",
+    "what",
+    "error",
+    level=logging.WARNING,
+    description="an event the transport could not read; nothing else is affected",
+)
+WA_INBOUND_SPOOLED = event(
+    "whatsapp.inbound.spooled",
+    "account_id",
+    "provider_message_id",
+    "path",
+    "error",
+    level=logging.ERROR,
+    description="accept() failed (database down?): the message was written to the spool and is "
+    "accepted when the runtime next starts a term (or with zenthor replay)",
+)
+WA_INBOUND_SPOOL_REPLAYED = event("whatsapp.inbound.spool_replayed", "account_id", "count", "duplicates")
+WA_IDENTITY_LEARNED = event(
+    "whatsapp.identity.learned", "account_id", "source", level=logging.DEBUG, description="a LID ↔ phone pair"
+)
+WA_OUTBOUND_SENT = event(
+    "whatsapp.outbound.sent",
+    "account_id",
+    "outbound_id",
+    "conversation_id",
+    "whatsapp_id",
+    "attempts",
+    "resend",
+)
+WA_OUTBOUND_FAILED = event(
+    "whatsapp.outbound.send_failed",
+    "account_id",
+    "outbound_id",
+    "error",
+    "retryable",
+    level=logging.WARNING,
+)
+WA_OUTBOUND_OUTCOME_UNKNOWN = event(
+    "whatsapp.outbound.outcome_unknown",
+    "account_id",
+    "outbound_ids",
+    "count",
+    "previous_owner",
+    level=logging.WARNING,
+    description="rows a previous owner left 'sending' (it died mid-send): sent once more (at least once)",
+)
+WA_OUTBOUND_REFUSED = event(
+    "whatsapp.outbound.refused",
+    "account_id",
+    "outbound_id",
+    "reason",
+    level=logging.WARNING,
+    description="a send was refused because this process no longer owns the account",
+)
+WA_OUTBOUND_RATE_LIMITED = event(
+    "whatsapp.outbound.rate_limited",
+    "account_id",
+    "scope",
+    "waiting",
+    level=logging.INFO,
+    description="replies wait for the send rate limit (per chat or per account); none is dropped",
+)
+WA_PRESENCE_FAILED = event(
+    "whatsapp.presence.failed", "account_id", "operation", "error", level=logging.DEBUG
+)
+WA_PAIRING = event(
+    "whatsapp.pairing.state",
+    "account_id",
+    "state",
+    "jid",
+    "detail",
+    description="pairing progress: started, qr, code, succeeded, timed_out, failed",
+)
 
 # --- process lifecycle --------------------------------------------------------------------
 WORKER_STARTED = event("worker.started", "queues", "pid")

@@ -75,11 +75,12 @@ UPDATE outbound_message AS o
 RETURNING o.id
 """
 
-# Expired sending leases: back to pending (another try) or failed (no tries left).
+# Expired sending leases: back to pending (another try) or failed (no tries left). WhatsApp rows
+# are not the sweep's: only the account's owner may decide a row's fate (see channel_outbox).
 _REQUEUE_EXPIRED = """
 WITH expired AS (
     SELECT o.id FROM outbound_message AS o
-     WHERE o.status = 'sending' AND o.locked_until < now()
+     WHERE o.status = 'sending' AND o.locked_until < now() AND o.channel <> 'whatsapp'
      ORDER BY o.id LIMIT %(limit)s
        FOR UPDATE SKIP LOCKED
 )
@@ -134,6 +135,7 @@ class OutboundLease:
     provider_message_id: str
     token: str
     worker_id: str
+    resends: int = 0  # times sent again after an unknown outcome (owner-polled channels)
 
 
 @dataclass(frozen=True)

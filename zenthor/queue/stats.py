@@ -55,3 +55,15 @@ def queue_snapshot() -> dict[str, Any]:
             "age_s": round(float(sweep[0][4]), 1) if sweep[0][4] is not None else None,
         },
     }
+
+
+def whatsapp_outbox_counts(account_id: str) -> dict[str, int]:
+    """The account's open outbox rows by status (through the partial index on open rows)."""
+    return {
+        status: count
+        for status, count in execute(
+            "SELECT status, count(*) FROM outbound_message WHERE channel = 'whatsapp' AND account_id = %s "
+            "AND status IN ('pending', 'sending') GROUP BY status",
+            (account_id,),
+        )
+    }
