@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -91,7 +93,13 @@ def run_command(account_id: str | None) -> None:
         signal.signal(signum, lambda *_: runtime.shutdown())
     if settings.WHATSAPP_METRICS_PORT:
         serve_runtime_metrics(runtime, settings.WHATSAPP_METRICS_PORT)
-    raise SystemExit(runtime.run())
+    status = runtime.run()
+    if status != 0:
+        # A connection that would not close may keep neonize's own threads alive forever:
+        # leave now, and let the supervisor start a fresh process.
+        logging.shutdown()
+        os._exit(status)
+    raise SystemExit(status)
 
 
 @whatsapp.command("pair")

@@ -156,10 +156,12 @@ CHANNEL_LEASE_CONTENDED = event(
     "channel",
     "account_id",
     "owner_id",
+    "reason",
     "holder",
     "expires_in_ms",
     level=logging.DEBUG,
-    description="a standby tried to take the account and another process holds it",
+    description="a standby tried to take the account and was refused (held by holder, banned, "
+    "held off, or waiting for an operator)",
 )
 CHANNEL_LEASE_LOST = event(
     "channel.lease.lost",

@@ -18,7 +18,12 @@ from zenthor.channels.whatsapp.transport import ConnectionEvent, Transport, Tran
 from zenthor.db import database
 from zenthor.observability import emit
 from zenthor.observability import events as ev
-from zenthor.queue.channel_leases import AccountRefused, acquire_account, release_account, reset_operator_state
+from zenthor.queue.channel_leases import (
+    AccountRefused,
+    acquire_account,
+    release_account,
+    reset_operator_state,
+)
 
 
 @dataclass(frozen=True)

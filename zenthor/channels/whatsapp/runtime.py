@@ -163,15 +163,15 @@ class WhatsAppRuntime:
 
     def _enter_standby(self, refused: AccountRefused) -> None:
         self.state = "standby"
-        if refused.reason == "held":
-            emit(
-                ev.CHANNEL_LEASE_CONTENDED,
-                channel=CHANNEL,
-                account_id=self.config.account_id,
-                owner_id=self.config.owner_id,
-                holder=refused.holder,
-                expires_in_ms=refused.expires_in_ms,
-            )
+        emit(
+            ev.CHANNEL_LEASE_CONTENDED,
+            channel=CHANNEL,
+            account_id=self.config.account_id,
+            owner_id=self.config.owner_id,
+            reason=refused.reason,
+            holder=refused.holder,
+            expires_in_ms=refused.expires_in_ms,
+        )
         if refused.reason != self._standby_reason:  # one line per change, not one per retry
             self._standby_reason = refused.reason
             emit(
@@ -279,6 +279,10 @@ class WhatsAppRuntime:
             connection.dialled.wait()
             if connection.error is None:
                 return connection
+            if not connection.error.retryable:  # no session in the store: only pairing helps
+                self._ending = _Ending(detail=str(connection.error)[:300])
+                term.end("not_paired")
+                return None
             attempt += 1
             delay_ms = self._backoff_ms(attempt)
             emit(
@@ -389,7 +393,8 @@ class WhatsAppRuntime:
         if reason in _OPERATOR_ENDS:
             error = {
                 "logged_out": f"logged out by WhatsApp ({ending.detail or 'no reason'}): pair again",
-                "not_paired": "no paired session in the store: run zenthor whatsapp pair",
+                "not_paired": f"no paired session ({ending.detail or 'the store has no device'}): "
+                "run zenthor whatsapp pair",
                 "outdated": f"client outdated ({self.config.client_version}): upgrade neonize",
             }[reason]
             if reason == "outdated":

@@ -129,6 +129,7 @@ class Transport(ABC):
     def start_pairing(self) -> None:
         """Begin pairing a new device after :meth:`connect` (QR codes arrive as ``qr`` events).
         neonize shows QR codes by itself on connect when the store has no device."""
+        return None
 
     def pair_phone(self, phone: str) -> str:
         """Ask for a pair code for ``phone`` (after :meth:`connect`); returns the code to type."""
@@ -145,6 +146,13 @@ class Transport(ABC):
     def lid_for_phone(self, phone: str) -> str | None:
         """The LID whatsmeow's LID map has for ``phone``, if any."""
         return None
+
+    def has_session(self) -> bool:
+        """Whether the session store holds this account's device, so :meth:`connect` can resume it.
+
+        A transport without a stored session (the fake) always has one.
+        """
+        return True
 
 
 def bare_jid(user: str, server: str) -> str:
