@@ -47,10 +47,18 @@ ensure_rabbitmq() {
   _port_open 5672 || { _log "RabbitMQ did not start"; exit 1; }
 }
 
+ensure_libmagic() {
+  # neonize (the WhatsApp client) loads libmagic when it is imported.
+  if ldconfig -p 2>/dev/null | grep -q 'libmagic\.so\.1'; then return; fi
+  _log "installing libmagic1 from Debian's packages (neonize needs it)"
+  _apt_install libmagic1
+}
+
 ensure_venv() {
+  ensure_libmagic
   if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
   fi
   .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -c "import zenthor, dramatiq, periodiq" # fail loudly if the install did not work
+  .venv/bin/python -c "import zenthor, dramatiq, periodiq, neonize.client" # fail loudly if the install did not work
 }

@@ -102,6 +102,10 @@ def test_two_runtimes_on_one_account_have_exactly_one_owner(stack, fake):
     assert {s["owner"] for s in sends} == {owner}
     assert not standby.events("channel.lease.acquired")
     assert len(fake.connects()) == 1  # the standby never opened the session
+    # Each answered message was marked read once, before or as its turn ran.
+    reads = [r for r in fake.records() if r["op"] == "read"]
+    assert sorted(i for r in reads for i in r["ids"]) == ["m0", "m1", "m2"]
+    assert all(r["chat"] == ALICE and r["owner"] == owner for r in reads)
 
 
 def test_kill9_of_the_owner_hands_over_within_ttl_and_the_waiting_replies_go_out_once(stack, fake):

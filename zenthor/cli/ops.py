@@ -19,9 +19,14 @@ def ops() -> None:
 def status(as_json: bool) -> None:
     """Jobs per status, oldest pending age, expired leases, lease holders, last sweep."""
     bootstrap("ops")
+    from zenthor.queue.channel_leases import accounts_snapshot
     from zenthor.queue.stats import queue_snapshot
 
     snapshot = queue_snapshot()
+    snapshot["channel_accounts"] = [
+        {k: a[k] for k in ("channel", "account_id", "state", "owner_id", "lease_held", "expires_in_s")}
+        for a in accounts_snapshot()
+    ]
     if as_json:
         click.echo(json.dumps(snapshot, default=str, sort_keys=True))
         return
@@ -38,6 +43,9 @@ def status(as_json: bool) -> None:
     for holder in snapshot["lease_holders"]:
         click.echo(f"  holder {holder['processor_id']}: {holder['processing']} processing")
     click.echo("outbox:      " + ("  ".join(f"{k}={v}" for k, v in snapshot["outbox"].items()) or "empty"))
+    for account in snapshot["channel_accounts"]:
+        owner = account["owner_id"] if account["lease_held"] else "nobody"
+        click.echo(f"{account['channel']} {account['account_id']}: {account['state']}, owner {owner}")
     sweep = snapshot["last_sweep"]
     if sweep is None or sweep["finished_at"] is None:
         click.echo("last sweep:  never (is `periodiq zenthor.actors` running?)")

@@ -61,9 +61,11 @@ def _runtime_config(settings: Settings, account_id: str):
 
 
 def _factory_or_exit(settings: Settings, account_id: str):
+    from zenthor.channels.whatsapp.auth_store import validate_account_id
     from zenthor.channels.whatsapp.factory import transport_factory
 
     try:
+        validate_account_id(account_id)
         return transport_factory(settings, account_id)
     except (SettingsError, ValueError) as error:
         sys.stderr.write(f"zenthor: {error}\n")

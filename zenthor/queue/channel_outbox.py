@@ -42,7 +42,9 @@ UPDATE outbound_message AS o
            FOR UPDATE SKIP LOCKED)
    AND {_LEASE_LIVE}
 RETURNING o.id, o.conversation_id, o.job_id, o.in_reply_to, o.channel, o.account_id, o.chat_id,
-          o.text, o.attempts, coalesce(o.provider_message_id, ''), o.resends
+          o.text, o.attempts, coalesce(o.provider_message_id, ''), o.resends,
+          (SELECT m.provider_message_id FROM message AS m WHERE m.id = o.in_reply_to),
+          (SELECT m.sender_id FROM message AS m WHERE m.id = o.in_reply_to)
 """
 
 _HAS_SENDABLE = """
@@ -124,6 +126,8 @@ def claim_next_owned(
         token=account.token,
         worker_id=account.owner_id,
         resends=row[10],
+        reply_to_provider_id=row[11],
+        reply_to_sender=row[12],
     )
 
 

@@ -136,6 +136,9 @@ class OutboundLease:
     token: str
     worker_id: str
     resends: int = 0  # times sent again after an unknown outcome (owner-polled channels)
+    # The message this row answers, as the provider knows it (read marks before the reply).
+    reply_to_provider_id: str | None = None
+    reply_to_sender: str | None = None
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,8 @@ from zenthor.db import database, execute
 from zenthor.ingress import DUPLICATE, IGNORED, AcceptResult, InboundMessage, accept
 from zenthor.observability import emit
 from zenthor.observability import events as ev
+from zenthor.observability.channel_metrics import AccountsCollector
+from zenthor.queue.channel_leases import accounts_snapshot
 from zenthor.settings import Settings, get_settings
 
 MAX_BODY_BYTES = 64 * 1024
@@ -61,6 +63,7 @@ def create_app(
     secret = settings.WEBHOOK_SECRET
     queue_registry = CollectorRegistry(auto_describe=False)
     queue_registry.register(_QueueCollector())
+    queue_registry.register(AccountsCollector(lambda: accounts_snapshot("whatsapp")))
 
     async def receive_message(request: Request) -> Response:
         account_id = request.path_params["account_id"]
@@ -94,8 +97,10 @@ def create_app(
 
     async def healthz(request: Request) -> Response:
         ok, checks = await run_in_threadpool(health_checks, broker, settings.HEALTH_SWEEP_MAX_AGE_S)
+        accounts = await run_in_threadpool(channel_account_health)
         return JSONResponse(
-            {"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503
+            {"status": "ok" if ok else "unavailable", "checks": checks, "channel_accounts": accounts},
+            status_code=200 if ok else 503,
         )
 
     async def metrics(request: Request) -> Response:
@@ -171,6 +176,29 @@ def health_checks(broker: Any, sweep_max_age_s: int) -> tuple[bool, dict[str, st
         age = (datetime.now(UTC) - last_sweep).total_seconds()
         checks["sweep"] = "ok" if age <= sweep_max_age_s else f"stale: last finished {age:.0f}s ago"
     return all(value == "ok" for value in checks.values()), checks
+
+
+def channel_account_health() -> dict[str, str]:
+    """Each WhatsApp account's state for /healthz: ``ok`` when a runtime owns it and is connected,
+    else what is wrong. Reported beside the checks, not in them: the gateway itself is healthy
+    while an account waits for an operator, and a probe must not restart it for that."""
+    try:
+        with database.connection_context():
+            accounts = accounts_snapshot()
+    except Exception as error:  # noqa: BLE001 - postgres is reported by the checks
+        return {"error": f"{type(error).__name__}"}
+    report = {}
+    for account in accounts:
+        name = f"{account['channel']}:{account['account_id']}"
+        if account["lease_held"] and account["state"] == "connected":
+            report[name] = "ok"
+        elif not account["lease_held"]:
+            report[name] = f"no owner (state {account['state']}): is `zenthor whatsapp run` running?"
+            if account["state"] in ("logged_out", "outdated", "banned"):
+                report[name] = f"{account['state']}: {account['last_error'] or 'needs an operator'}"
+        else:
+            report[name] = f"{account['state']} (owner {account['owner_id']})"
+    return report
 
 
 class _QueueCollector:

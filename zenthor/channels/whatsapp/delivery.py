@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 from zenthor.channels.whatsapp.identity import IdentityBook
+from zenthor.channels.whatsapp.presence import ReadMarks, reader_of
 from zenthor.channels.whatsapp.rate_limit import SendRateLimit
 from zenthor.channels.whatsapp.term import Term, TermCounters
 from zenthor.channels.whatsapp.transport import Transport, TransportError
@@ -53,6 +54,7 @@ class OutboxSender(threading.Thread):
         identities: IdentityBook,
         config: DeliveryConfig,
         counters: TermCounters,
+        read_marks: ReadMarks,
     ) -> None:
         super().__init__(name=f"wa-outbox-{term.lease.account_id}", daemon=True)
         self.term = term
@@ -60,6 +62,7 @@ class OutboxSender(threading.Thread):
         self.identities = identities
         self.config = config
         self.counters = counters
+        self.read_marks = read_marks
         self.limit = SendRateLimit(config.per_chat_per_min, config.per_account_per_min)
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -135,6 +138,7 @@ class OutboxSender(threading.Thread):
             emit(ev.WA_OUTBOUND_REFUSED, account_id=account_id, outbound_id=lease.outbound_id, reason="lease")
             return
         to = self.identities.reply_jid(lease.chat_id)
+        self._mark_answered_read(lease, to)
         try:
             result = self.transport.send_text(to, lease.text)
         except TransportError as error:
@@ -158,6 +162,20 @@ class OutboxSender(threading.Thread):
         )
         if not recorded:
             emit(ev.OUTBOUND_LEASE_LOST, outbound_id=lease.outbound_id, operation="mark_sent")
+
+    def _mark_answered_read(self, lease: OutboundLease, chat: str) -> None:
+        message_id = lease.reply_to_provider_id
+        if not message_id or not self.read_marks.first_time(message_id):
+            return
+        try:
+            self.transport.mark_read(chat, reader_of(chat, lease.reply_to_sender), [message_id])
+        except Exception as error:  # noqa: BLE001 - a read mark is never worth a reply
+            emit(
+                ev.WA_PRESENCE_FAILED,
+                account_id=self.term.lease.account_id,
+                operation="mark_read",
+                error=f"{type(error).__name__}: {str(error)[:200]}",
+            )
 
     def _failed(self, lease: OutboundLease, error: str, retryable: bool) -> None:
         emit(

@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable
 from importlib import metadata
 
-from zenthor.channels.whatsapp.auth_store import ensure_store, store_location
+from zenthor.channels.whatsapp.auth_store import ensure_store, list_devices, store_location
 from zenthor.channels.whatsapp.fake_transport import FakeRefused, FakeTransport
 from zenthor.channels.whatsapp.term import Term
 from zenthor.channels.whatsapp.transport import Transport
@@ -70,7 +70,12 @@ def transport_factory(settings: Settings, account_id: str) -> Callable[[Term | N
 
     def make_neonize(term: Term | None) -> Transport:
         ensure_store(location)  # once per term: cheap when it exists, safe from many hosts
-        device_jid = term.lease.device_jid if term else None
+        device_jid = None
+        if term is not None:
+            # The account's own device, never "the first in the store"; a store that holds exactly
+            # one device (a session migrated before any runtime recorded its JID) names it.
+            stored = list_devices(location)
+            device_jid = term.lease.device_jid or (stored[0] if len(stored) == 1 else None)
         suffix = f"t{term.lease.term}" if term else "pair"
         return NeonizeTransport(
             account_id, location.name, device_jid, client_uuid=f"{account_id}-{os.getpid()}-{suffix}"

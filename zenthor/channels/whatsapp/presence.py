@@ -10,6 +10,7 @@ never affects a reply.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 
 from zenthor.channels.whatsapp.identity import IdentityBook
 from zenthor.channels.whatsapp.term import Term
@@ -27,11 +28,47 @@ SELECT j.id, c.chat_id, m.provider_message_id, m.sender_id
 """
 
 
+def reader_of(chat: str, sender_id: str | None) -> str:
+    """The sender a read receipt names: the chat itself in a direct chat (the form the person
+    wrote from), the participant in a group."""
+    return sender_id or chat if chat.endswith("@g.us") else chat
+
+
+class ReadMarks:
+    """Which messages this term already marked read (bounded): the presence loop marks a turn's
+    message when the turn starts; the outbox sender marks it before the reply if the turn was too
+    quick for the loop to see it running. Either way once."""
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._capacity = capacity
+        self._lock = threading.Lock()
+
+    def first_time(self, message_id: str) -> bool:
+        """Record ``message_id``; True when it was not marked before."""
+        with self._lock:
+            if message_id in self._seen:
+                return False
+            self._seen[message_id] = None
+            if len(self._seen) > self._capacity:
+                self._seen.popitem(last=False)
+            return True
+
+
 class PresenceLoop(threading.Thread):
     """Marks read and shows typing for the account's running turns."""
 
-    def __init__(self, term: Term, transport: Transport, identities: IdentityBook, *, poll_s: float) -> None:
+    def __init__(
+        self,
+        term: Term,
+        transport: Transport,
+        identities: IdentityBook,
+        *,
+        poll_s: float,
+        read_marks: ReadMarks,
+    ) -> None:
         super().__init__(name=f"wa-presence-{term.lease.account_id}", daemon=True)
+        self.read_marks = read_marks
         self.term = term
         self.transport = transport
         self.identities = identities
@@ -70,8 +107,9 @@ class PresenceLoop(threading.Thread):
                 continue
             chat = self.identities.reply_jid(chat_id)
             self._typing[job_id] = chat
-            if message_id:
-                self._best_effort("mark_read", self.transport.mark_read, chat, sender_id or chat, [message_id])
+            if message_id and self.read_marks.first_time(message_id):
+                sender = reader_of(chat, sender_id)
+                self._best_effort("mark_read", self.transport.mark_read, chat, sender, [message_id])
             self._best_effort("typing_on", self.transport.set_typing, chat, True)
         for job_id in [j for j in self._typing if j not in running]:
             chat = self._typing.pop(job_id)

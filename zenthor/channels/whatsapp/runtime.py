@@ -30,7 +30,7 @@ from zenthor.channels.whatsapp import CHANNEL
 from zenthor.channels.whatsapp.delivery import DeliveryConfig, OutboxSender
 from zenthor.channels.whatsapp.identity import IdentityBook
 from zenthor.channels.whatsapp.inbound import InboundConfig, InboundHandler
-from zenthor.channels.whatsapp.presence import PresenceLoop
+from zenthor.channels.whatsapp.presence import PresenceLoop, ReadMarks
 from zenthor.channels.whatsapp.term import LeaseKeeper, Term, TermCounters
 from zenthor.channels.whatsapp.transport import (
     ConnectFailed,
@@ -219,9 +219,12 @@ class WhatsAppRuntime:
                 self._inbound = InboundHandler(
                     self.config.inbound, identities, own_jids=transport.own_jids, publish=self.publish
                 )
+                marks = ReadMarks()
                 workers = [
-                    OutboxSender(term, transport, identities, self.config.delivery, counters),
-                    PresenceLoop(term, transport, identities, poll_s=self.config.presence_poll_s),
+                    OutboxSender(term, transport, identities, self.config.delivery, counters, marks),
+                    PresenceLoop(
+                        term, transport, identities, poll_s=self.config.presence_poll_s, read_marks=marks
+                    ),
                 ]
                 for worker in workers:
                     worker.start()
