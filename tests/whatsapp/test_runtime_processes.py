@@ -368,3 +368,29 @@ def test_the_fake_transport_refuses_production(tmp_path):
     )
     assert result.returncode == 2
     assert "WHATSAPP_TRANSPORT" in result.stderr and "ZENTHOR_ENV" in result.stderr
+
+
+def test_groups_are_ignored_by_default_and_answered_only_when_mentioned_if_enabled(stack, fake):
+    group = "120363000000000001@g.us"
+    me = "15550000000@s.whatsapp.net"  # the fake's own JID (no me.json)
+    stack("rt-a", WHATSAPP_GROUPS="mentions")
+    wait_owner()
+    fake.deliver("g1", "chatter among friends", chat=group, sender=ALICE, is_group=True)
+    fake.deliver("g2", "@bot what time is it", chat=group, sender=ALICE, is_group=True, mentions=[me])
+    reply = wait_sent(fake, "@bot what time is it")
+    assert reply["to"] == group
+    assert not [t for t in fake.sent_texts() if "chatter" in t]
+    assert db_count("SELECT count(*) FROM conversation WHERE chat_id = %s", (group,)) == 1
+
+
+def test_own_messages_and_status_broadcasts_are_skipped(stack, fake):
+    runtime = stack("rt-a", LOG_LEVEL="DEBUG")
+    wait_owner()
+    fake.deliver("own", "sent from my phone", chat=ALICE, from_me=True)
+    fake.deliver("status", "my story", chat="status@broadcast", sender=ALICE)
+    fake.deliver("real", "a real question", chat=ALICE)
+    wait_sent(fake, "a real question")
+    reasons = {e["reason"] for e in runtime.events("whatsapp.inbound.skipped")}
+    assert {"own_message", "status_broadcast"} <= reasons
+    assert len(fake.sends()) == 1
+    assert db_count("SELECT count(*) FROM message WHERE role = 'user'") == 1

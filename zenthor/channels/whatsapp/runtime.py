@@ -374,7 +374,8 @@ class WhatsAppRuntime:
             worker.join(timeout=10)
         with database.connection_context():
             self._record_end(term, reason)
-        self._inbound = None
+        # self._inbound stays: a message still arriving on the closing connection was already
+        # acknowledged to WhatsApp, and accepting it (idempotently) is the only way not to lose it.
         if connection is not None:
             grace = self.config.shutdown_grace_s if reason == "shutdown" else self.config.stop_timeout_s
             connection.join(timeout=grace)
