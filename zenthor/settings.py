@@ -22,7 +22,7 @@ class SettingsError(Exception):
 
 
 class Settings(BaseSettings):
-    """Every knob of the runtime; names match the environment variables in DESIGN.md."""
+    """Every knob of the runtime; names match the environment variables in README.md."""
 
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
@@ -122,6 +122,7 @@ class Settings(BaseSettings):
     WHATSAPP_PAIR_TIMEOUT_S: int = Field(default=180, ge=5)
     # Serve this runtime's own Prometheus metrics on this port (0: off).
     WHATSAPP_METRICS_PORT: int = Field(default=0, ge=0, le=65535)
+    WHATSAPP_METRICS_HOST: str = "127.0.0.1"
     WHATSAPP_UNSUPPORTED_REPLY: str = "Sorry, I can only read text messages for now."
     WEBHOOK_SECRET: str | None = None
     WEBHOOK_CALLBACK_URL: str | None = None

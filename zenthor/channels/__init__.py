@@ -1,6 +1,6 @@
 """Channels and the sender registry: channel name ▸ how its outbox rows are delivered.
 
-Delivery happens "in the process that owns the channel account" (DESIGN.md). A sender names the
+Delivery happens "in the process that owns the channel account" (docs/architecture.md). A sender names the
 Dramatiq queue its delivery nudges go to:
 
 - ``outbound`` (the default): any worker may deliver (webhook: an HTTP POST from anywhere);

@@ -81,6 +81,7 @@ def run_command(account_id: str | None) -> None:
     factory = _factory_or_exit(settings, account_id)
     import zenthor.actors  # noqa: F401 - declares the actors, so accept() can publish dispatch
     from zenthor.actors.publish import publish_dispatch
+    from zenthor.channels.whatsapp.factory import session_check
     from zenthor.channels.whatsapp.fake_transport import parse_inbound_line
     from zenthor.channels.whatsapp.metrics import serve_runtime_metrics
     from zenthor.channels.whatsapp.runtime import WhatsAppRuntime
@@ -90,11 +91,12 @@ def run_command(account_id: str | None) -> None:
         factory,
         publish=publish_dispatch,
         spool_parser=parse_inbound_line,
+        has_session=session_check(settings, account_id),
     )
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: runtime.shutdown())
     if settings.WHATSAPP_METRICS_PORT:
-        serve_runtime_metrics(runtime, settings.WHATSAPP_METRICS_PORT)
+        serve_runtime_metrics(runtime, settings.WHATSAPP_METRICS_PORT, settings.WHATSAPP_METRICS_HOST)
     status = runtime.run()
     if status != 0:
         # A connection that would not close may keep neonize's own threads alive forever:
@@ -166,7 +168,7 @@ def status_command(account_id: str | None, as_json: bool) -> None:
             f"  outbox: {outbox}  resent after unknown outcome: {a['resends_total']}  "
             f"rate-limited: {a['rate_limited_total']}"
         )
-        if a["banned_until"]:
+        if a["banned_until"] and a["state"] == "banned":
             click.echo(f"  banned until {a['banned_until']} (code {a['ban_code']})")
         if a["last_error"]:
             click.echo(f"  last error: {a['last_error']}")

@@ -1,4 +1,4 @@
-"""Ingress: :class:`InboundMessage` and :func:`accept`, used by every channel (DESIGN.md I3)."""
+"""Ingress: :class:`InboundMessage` and :func:`accept`, used by every channel (invariant I3)."""
 
 from zenthor.ingress.answers import AnswerHandler, AnswerOutcome, register_answer_handler
 from zenthor.ingress.dedupe import prune_dedupe_keys

@@ -1,4 +1,4 @@
-"""The initial schema: every table of DESIGN.md and the indexes that carry invariants I1-I3.
+"""The initial schema: every table of docs/architecture.md and the indexes that carry invariants I1-I3.
 
 Written as SQL so the partial indexes read exactly as the invariants they enforce. Every lease
 column has a default (or is nullable), so a row inserted without them, as an older version

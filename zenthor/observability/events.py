@@ -275,11 +275,15 @@ WA_INBOUND_SPOOLED = event(
     "error",
     level=logging.ERROR,
     description="accept() failed (database down?): the message was written to the spool and is "
-    "accepted when the runtime next starts a term (or with zenthor replay)",
+    "accepted when the runtime next starts a term",
 )
 WA_INBOUND_SPOOL_REPLAYED = event("whatsapp.inbound.spool_replayed", "account_id", "count", "duplicates")
 WA_IDENTITY_LEARNED = event(
-    "whatsapp.identity.learned", "account_id", "source", level=logging.DEBUG, description="a LID ↔ phone pair"
+    "whatsapp.identity.learned",
+    "account_id",
+    "source",
+    level=logging.DEBUG,
+    description="a new LID ↔ phone pair (source: sender_alt or the session's LID map)",
 )
 WA_OUTBOUND_SENT = event(
     "whatsapp.outbound.sent",

@@ -1,4 +1,4 @@
-"""Every lease statement on ``channel_account``: one owner per channel account (DESIGN.md I7).
+"""Every lease statement on ``channel_account``: one owner per channel account (invariant I7).
 
 A runtime takes the account's row as a lease (owner id, fresh ``lease_token``, ``expires_at`` on
 the database clock) *before* it opens the account's connection, heartbeats it, and releases it on a
@@ -61,10 +61,13 @@ UPDATE channel_account
 RETURNING expires_at
 """
 
+# owner_id stays: the next owner's acquisition names who handed over (a lease is held only with
+# a token).
 _RELEASE = """
 UPDATE channel_account
-   SET owner_id = NULL, lease_token = NULL, expires_at = NULL, updated_at = now(),
-       state = CASE WHEN state IN ('logged_out', 'outdated', 'banned') THEN state ELSE 'standby' END,
+   SET lease_token = NULL, expires_at = NULL, updated_at = now(),
+       state = CASE WHEN state IN ('logged_out', 'outdated', 'banned', 'replaced') THEN state
+                    ELSE 'standby' END,
        hold_until = CASE WHEN %(hold_ms)s > 0
                          THEN now() + %(hold_ms)s * interval '1 millisecond' ELSE hold_until END
  WHERE channel = %(channel)s AND account_id = %(account)s AND lease_token = %(token)s::uuid

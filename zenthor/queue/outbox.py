@@ -1,5 +1,5 @@
 """Every lease statement on ``outbound_message`` (the outbox): claim, mark sent, retry, fail,
-requeue stuck rows. Nothing else writes its lease columns (DESIGN.md I5).
+requeue stuck rows. Nothing else writes its lease columns (invariant I5, docs/architecture.md).
 
 A row moves ``pending ▸ sending ▸ sent``. A claim hands out a fresh ``lease_token`` and counts an
 attempt; every later write names the token, so a sender whose lease expired (and whose row was

@@ -149,7 +149,7 @@ class OutboxSender(threading.Thread):
             return
         self.limit.record(lease.chat_id)
         self.counters.last_outbound = time.time()
-        recorded = mark_sent_owned(lease, result.message_id)
+        recorded = self._record_sent(lease, result.message_id)
         self.sent += 1
         emit(
             ev.WA_OUTBOUND_SENT,
@@ -162,6 +162,26 @@ class OutboxSender(threading.Thread):
         )
         if not recorded:
             emit(ev.OUTBOUND_LEASE_LOST, outbound_id=lease.outbound_id, operation="mark_sent")
+
+    def _record_sent(self, lease: OutboundLease, whatsapp_id: str) -> bool:
+        """Mark the row sent, riding out a database hiccup: WhatsApp has it, so until this
+        succeeds the row would stall its chat (and be sent again by the next owner)."""
+        delay = 0.1
+        while True:
+            try:
+                return mark_sent_owned(lease, whatsapp_id)
+            except Exception as error:  # noqa: BLE001 - keep the id in memory and try again
+                emit(
+                    ev.DATABASE_UNAVAILABLE,
+                    operation="whatsapp_mark_sent",
+                    job_id=None,
+                    error=f"{type(error).__name__}: {str(error)[:200]}",
+                )
+                if not database.is_closed():
+                    database.close()
+                if self.term.wait_ended(delay):
+                    return False  # the next owner sends it once more (outcome unknown to it)
+                delay = min(delay * 2, 5.0)
 
     def _mark_answered_read(self, lease: OutboundLease, chat: str) -> None:
         message_id = lease.reply_to_provider_id

@@ -82,3 +82,19 @@ def transport_factory(settings: Settings, account_id: str) -> Callable[[Term | N
         )
 
     return make_neonize
+
+
+def session_check(settings: Settings, account_id: str) -> Callable[[], bool] | None:
+    """In local auth mode, a function that says whether this host has the account's session
+    (read-only; never creates the file); None when every host shares the store (or the fake)."""
+    if settings.WHATSAPP_TRANSPORT == "fake" or settings.WHATSAPP_AUTH_MODE != "local":
+        return None
+    from zenthor.channels.whatsapp.neonize_transport import stored_devices
+
+    location = store_location(
+        account_id,
+        mode="local",
+        auth_dir=settings.WHATSAPP_AUTH_DIR,
+        database_url=settings.DATABASE_URL,
+    )
+    return lambda: bool(stored_devices(location.name))

@@ -16,6 +16,8 @@ import threading
 from collections.abc import Callable
 
 from zenthor.db import execute
+from zenthor.observability import emit
+from zenthor.observability import events as ev
 
 PHONE_SERVER = "s.whatsapp.net"
 LID_SERVER = "lid"
@@ -68,7 +70,7 @@ class IdentityBook:
         self._routes: dict[str, str] = {}
         self._lock = threading.Lock()
 
-    def learn(self, lid: str, phone: str) -> bool:
+    def learn(self, lid: str, phone: str, *, source: str = "sender_alt") -> bool:
         """Remember that ``lid`` is ``phone``; True when it was new."""
         lid, phone = strip_device(lid), strip_device(phone)
         if not (is_lid(lid) and is_phone(phone)):
@@ -78,6 +80,7 @@ class IdentityBook:
                 return False
             self._phone_of[lid] = phone
         execute(_UPSERT_IDENTITY, (self.account_id, lid, phone))
+        emit(ev.WA_IDENTITY_LEARNED, account_id=self.account_id, source=source)
         return True
 
     def phone_for(self, lid: str) -> str | None:
@@ -94,7 +97,7 @@ class IdentityBook:
                 self._phone_of[lid] = rows[0][0]
             return rows[0][0]
         phone = self._lookup_phone(lid) if self._lookup_phone else None
-        if phone and self.learn(lid, phone):
+        if phone and self.learn(lid, phone, source="lid_map"):
             return strip_device(phone)
         return None
 

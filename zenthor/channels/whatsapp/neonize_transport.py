@@ -167,6 +167,11 @@ def find_stored_device(store: str, device_jid: str) -> str | None:
     return same_user[0] if len(same_user) == 1 else None
 
 
+def stored_devices(store: str) -> list[str]:
+    """Full device JIDs in whatsmeow's store, read-only (a missing store holds none)."""
+    return _stored_devices_postgres(store) if store.startswith("postgres") else _stored_devices_sqlite(store)
+
+
 def _bare_or_none(value: str) -> str | None:
     try:
         return bare_from_string(value)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from zenthor.channels.whatsapp import CHANNEL
+from zenthor.channels.whatsapp.term import LeaseKeeper, Term, TermCounters
 from zenthor.channels.whatsapp.transport import ConnectionEvent, Transport, TransportError, TransportHandlers
 from zenthor.db import database
 from zenthor.observability import emit
@@ -49,13 +50,13 @@ class PairingSession:
             emit(ev.WA_PAIRING, account_id=self.account_id, state="qr", jid=None, detail=None)
             self.show_qr(event.reason)
         elif event.kind == "pair_success":
-            self._finish(PairResult("paired", jid=event.jid))
+            self.finish(PairResult("paired", jid=event.jid))
         elif event.kind == "pair_error":
-            self._finish(PairResult("failed", detail=event.reason))
+            self.finish(PairResult("failed", detail=event.reason))
         elif event.kind in ("logged_out", "temporary_ban", "client_outdated"):
-            self._finish(PairResult("failed", detail=f"{event.kind} {event.reason or ''}".strip()))
+            self.finish(PairResult("failed", detail=f"{event.kind} {event.reason or ''}".strip()))
 
-    def _finish(self, result: PairResult) -> None:
+    def finish(self, result: PairResult) -> None:
         if self.result is None:
             self.result = result
         self.done.set()
@@ -82,6 +83,15 @@ def pair_account(
         return PairResult("busy", detail=f"the account is owned by {lease.holder}: stop its runtime first")
     emit(ev.WA_PAIRING, account_id=account_id, state="started", jid=None, detail="phone" if phone else "qr")
     session = PairingSession(account_id, show_qr)
+    # Pairing can outlast the lease TTL: keep the lease while the operator scans.
+    term = Term(lease, lease_ttl_ms)
+    keeper = LeaseKeeper(
+        term,
+        heartbeat_ms=max(lease_ttl_ms // 3, 100),
+        on_lost=lambda why: session.finish(PairResult("failed", detail=f"lost the account lease ({why})")),
+        counters=TermCounters(),
+    )
+    keeper.start()
     transport = make_transport()
     try:
         transport.connect(TransportHandlers(on_message=lambda _m: None, on_connection=session.on_connection))
@@ -99,6 +109,7 @@ def pair_account(
     except TransportError as error:
         result = PairResult("failed", detail=str(error))
     finally:
+        term.end("paired")
         threading.Thread(target=transport.stop, name="wa-pair-stop", daemon=True).start()
     with database.connection_context():
         if result.outcome == "paired":

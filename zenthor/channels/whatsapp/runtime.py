@@ -1,4 +1,4 @@
-"""``zenthor whatsapp run``: own one account at a time, or wait as its standby (DESIGN.md I7).
+"""``zenthor whatsapp run``: own one account at a time, or wait as its standby (invariant I7, docs/architecture.md).
 
 ::
 
@@ -99,8 +99,10 @@ class WhatsAppRuntime:
         *,
         publish: Callable[[int], object] | None = None,
         spool_parser: SpoolParser | None = None,
+        has_session: Callable[[], bool] | None = None,
     ) -> None:
         self.config = config
+        self.has_session = has_session
         self.transport_factory = transport_factory
         self.publish = publish
         self.spool_parser = spool_parser
@@ -126,6 +128,10 @@ class WhatsAppRuntime:
     def run(self) -> int:
         """Serve the account until :meth:`shutdown`; returns the process exit status."""
         while not self._stop.is_set():
+            if self.has_session is not None and not self._session_here():
+                self._enter_standby(AccountRefused("no_session_here"))
+                self._stop.wait(self.config.standby_retry_ms / 1000.0)
+                continue
             lease = self._try_acquire()
             if lease is None:
                 self._stop.wait(self.config.standby_retry_ms / 1000.0)
@@ -135,6 +141,14 @@ class WhatsAppRuntime:
         return 0
 
     # --- standby --------------------------------------------------------------------------
+    def _session_here(self) -> bool:
+        # Local auth: a host without the session file must never take the account (it would
+        # end as "not paired" and could only show a QR code).
+        try:
+            return bool(self.has_session and self.has_session())
+        except Exception:  # noqa: BLE001 - an unreadable store is no session
+            return False
+
     def _try_acquire(self) -> AccountLease | None:
         started = time.monotonic()
         try:
@@ -212,13 +226,14 @@ class WhatsAppRuntime:
         try:
             with database.connection_context():
                 self._reclaim_unknown(term)
+            # The handler exists before the dial: the first events can arrive during connect().
+            identities = IdentityBook(lease.account_id, self._phone_for_lid)
+            self._inbound = InboundHandler(
+                self.config.inbound, identities, own_jids=self._own_jids, publish=self.publish
+            )
             connection = self._connect(term)
             if connection is not None:
                 transport = connection.transport
-                identities = IdentityBook(lease.account_id, transport.phone_for_lid)
-                self._inbound = InboundHandler(
-                    self.config.inbound, identities, own_jids=transport.own_jids, publish=self.publish
-                )
                 marks = ReadMarks()
                 workers = [
                     OutboxSender(term, transport, identities, self.config.delivery, counters, marks),
@@ -237,6 +252,14 @@ class WhatsAppRuntime:
             keeper.join(timeout=self.config.heartbeat_ms / 1000.0 + 5)
             self.term = None
         return closed
+
+    def _own_jids(self) -> tuple[str, ...]:
+        connection = self._connection
+        return connection.transport.own_jids() if connection is not None else ()
+
+    def _phone_for_lid(self, lid: str) -> str | None:
+        connection = self._connection
+        return connection.transport.phone_for_lid(lid) if connection is not None else None
 
     def _lost(self, term: Term) -> Callable[[str], None]:
         def on_lost(why: str) -> None:
@@ -328,7 +351,9 @@ class WhatsAppRuntime:
                 "temporary_ban": "banned",
                 "qr": "not_paired",
             }.get(kind, kind)
-            self._ending = _Ending(code=event.code, until=event.expires_at, detail=event.reason)
+            # A QR event's "reason" is the QR payload: never store or log it.
+            detail = None if kind == "qr" else event.reason
+            self._ending = _Ending(code=event.code, until=event.expires_at, detail=detail)
             if kind == "logged_out":
                 emit(
                     ev.WA_LOGGED_OUT,
@@ -337,6 +362,11 @@ class WhatsAppRuntime:
                     on_connect=event.on_connect,
                 )
             term.end(reason)
+        elif kind == "connect_failure" and event.code is None:
+            # neonize's event loop ended while nobody stopped it: this client is dead (whatsmeow
+            # will not reconnect it). End the term; a fresh client is the way back.
+            self._ending = _Ending(detail=event.reason)
+            term.end("connection_dead")
         else:  # stream_error (515 "restart required" is one), keepalive, connect_failure: transient
             emit(
                 ev.WA_CONNECTION_ODDITY,
@@ -384,8 +414,8 @@ class WhatsAppRuntime:
                 # Shutting down: exit without releasing (the lease expires; the socket can never
                 # overlap a successor's). Otherwise a fresh process is the only safe next step.
                 return reason == "shutdown"
-        if reason == "shutdown":
-            self._release(term, "shutdown")
+        if reason in ("shutdown", "connection_dead"):
+            self._release(term, reason)  # only now: the old socket can never overlap a successor's
         self.state = "standby"
         return True
 
@@ -394,7 +424,11 @@ class WhatsAppRuntime:
         ending = self._ending
         if reason.startswith("lease_lost"):
             return  # not ours any more: write nothing about the account
-        if reason in _OPERATOR_ENDS:
+        if reason == "not_paired" and self.config.auth_mode == "local":
+            # Only this host lacks the session (local files): say so, and let others own it.
+            self._write_state(lease, "standby", error=f"{lease.owner_id} has no paired session file")
+            self._release(term, reason)
+        elif reason in _OPERATOR_ENDS:
             error = {
                 "logged_out": f"logged out by WhatsApp ({ending.detail or 'no reason'}): pair again",
                 "not_paired": f"no paired session ({ending.detail or 'the store has no device'}): "
