@@ -85,15 +85,18 @@ def transport_factory(settings: Settings, account_id: str) -> Callable[[Term | N
 
 
 def session_check(settings: Settings, account_id: str) -> Callable[[], bool] | None:
-    """In local auth mode, a function that says whether this host has the account's session
-    (read-only; never creates the file); None when every host shares the store (or the fake)."""
-    if settings.WHATSAPP_TRANSPORT == "fake" or settings.WHATSAPP_AUTH_MODE != "local":
+    """A function that says whether a paired session for the account is within reach of this
+    host (read-only; never creates a store), or None for the fake. A runtime without one waits
+    as standby instead of dialling WhatsApp only to be shown a QR code: with local auth only the
+    host that holds the session file may take the account; with Postgres auth every host sees
+    the same store."""
+    if settings.WHATSAPP_TRANSPORT == "fake":
         return None
     from zenthor.channels.whatsapp.neonize_transport import stored_devices
 
     location = store_location(
         account_id,
-        mode="local",
+        mode=settings.WHATSAPP_AUTH_MODE,
         auth_dir=settings.WHATSAPP_AUTH_DIR,
         database_url=settings.DATABASE_URL,
     )

@@ -142,8 +142,8 @@ class WhatsAppRuntime:
 
     # --- standby --------------------------------------------------------------------------
     def _session_here(self) -> bool:
-        # Local auth: a host without the session file must never take the account (it would
-        # end as "not paired" and could only show a QR code).
+        # No paired session within reach (local auth: not on this host): taking the account would
+        # only end as "not paired" after dialling WhatsApp for a QR code.
         try:
             return bool(self.has_session and self.has_session())
         except Exception:  # noqa: BLE001 - an unreadable store is no session
