@@ -83,3 +83,46 @@ def test_a_host_without_the_session_stays_standby_until_the_session_appears(tmp_
     assert result == [0]
     assert owner_of("solo") is None  # released on shutdown
     assert not threading.Thread.is_alive(thread)
+
+
+class EagerFake(FakeTransport):
+    """A transport that hands over a message before connect() returns (neonize does: Go delivers
+    from its own thread as soon as the dial is up)."""
+
+    def connect(self, handlers):
+        from datetime import UTC, datetime
+
+        from zenthor.channels.whatsapp.transport import IncomingMessage
+
+        handlers.on_message(
+            IncomingMessage(
+                message_id="early-1",
+                chat="15551112222@s.whatsapp.net",
+                sender="15551112222@s.whatsapp.net",
+                text="said during connect",
+                sent_at=datetime.now(UTC),
+            )
+        )
+        super().connect(handlers)
+
+
+def test_a_message_delivered_during_connect_is_accepted(tmp_path, settings_env):
+    settings_env(WHATSAPP_CONTACT_POLICY="open")
+
+    def factory(term):
+        return EagerFake("solo", tmp_path / "fake", owner_id="host", token=lambda: term.token, zenthor_env="test")
+
+    runtime = WhatsAppRuntime(config(tmp_path), factory, publish=lambda _job: True)
+    thread = DbThread(target=runtime.run, daemon=True)
+    thread.start()
+    try:
+        from tests.whatsapp.runtime_support import db_count
+
+        wait_for(
+            lambda: db_count("SELECT count(*) FROM message WHERE provider_message_id = 'early-1'") == 1,
+            10,
+            message="the early message stored",
+        )
+    finally:
+        runtime.shutdown()
+        thread.join(timeout=15)
