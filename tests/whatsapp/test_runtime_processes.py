@@ -282,8 +282,12 @@ def test_logged_out_marks_the_account_and_nobody_reconnects(stack, fake):
     a, b = stack("rt-a", LOG_LEVEL="DEBUG"), stack("rt-b", LOG_LEVEL="DEBUG")
     wait_owner()
     fake.control("logged_out", reason="device_removed", on_connect=False)
-    wait_for(lambda: account_row(ACCOUNT)["state"] == "logged_out", 10, message="logged_out recorded")
-    assert owner_of(ACCOUNT) is None
+    # The state and the release are two statements: wait for both.
+    wait_for(
+        lambda: account_row(ACCOUNT)["state"] == "logged_out" and owner_of(ACCOUNT) is None,
+        10,
+        message="logged_out recorded and the lease released",
+    )
 
     def refusals(runtime: RuntimeProcess) -> int:
         return sum(e["reason"] == "logged_out" for e in runtime.events("channel.lease.contended"))

@@ -45,7 +45,8 @@ UPDATE channel_account
    SET owner_id = %(owner)s, lease_token = %(token)s::uuid,
        expires_at = now() + %(ttl_ms)s * interval '1 millisecond', heartbeat_at = now(),
        lease_term = lease_term + 1, auth_mode = %(auth_mode)s, client_version = %(version)s,
-       state = 'connecting', hold_until = NULL, updated_at = now()
+       state = CASE WHEN %(pairing)s THEN state ELSE 'connecting' END,
+       hold_until = CASE WHEN %(pairing)s THEN hold_until END, updated_at = now()
  WHERE channel = %(channel)s AND account_id = %(account)s
 RETURNING lease_term, device_jid
 """
@@ -150,6 +151,7 @@ def acquire_account(
         "ttl_ms": ttl_ms,
         "auth_mode": auth_mode,
         "version": client_version,
+        "pairing": for_pairing,  # pairing leaves the state as it was unless it succeeds
     }
     with database.atomic():
         execute(_ENSURE_ROW, params)

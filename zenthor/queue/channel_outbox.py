@@ -51,7 +51,11 @@ _HAS_SENDABLE = """
 SELECT EXISTS (
     SELECT 1 FROM outbound_message AS c
      WHERE c.channel = %(channel)s AND c.account_id = %(account)s
-       AND c.status = 'pending' AND c.available_at <= now())
+       AND c.status = 'pending' AND c.available_at <= now()
+       AND NOT EXISTS (
+            SELECT 1 FROM outbound_message AS older
+             WHERE older.conversation_id = c.conversation_id AND older.id < c.id
+               AND older.status IN ('pending', 'sending')))
 """
 
 _MARK_SENT = """
@@ -76,7 +80,8 @@ RETURNING id
 _RECLAIM_UNKNOWN = f"""
 UPDATE outbound_message AS o
    SET status = CASE WHEN o.attempts >= %(max_attempts)s THEN 'failed' ELSE 'pending' END,
-       available_at = now(), locked_until = NULL, lease_token = NULL, resends = o.resends + 1,
+       available_at = now(), locked_until = NULL, lease_token = NULL,
+       resends = o.resends + CASE WHEN o.attempts >= %(max_attempts)s THEN 0 ELSE 1 END,
        last_error = 'outcome unknown: ' || coalesce(o.processor_id, '?') || ' did not record the send'
  WHERE o.channel = %(channel)s AND o.account_id = %(account)s AND o.status = 'sending'
    AND o.lease_token IS DISTINCT FROM %(token)s::uuid
@@ -132,7 +137,8 @@ def claim_next_owned(
 
 
 def has_sendable(account: AccountLease) -> bool:
-    """True when the account has a pending row whose backoff is over (rate-limit accounting)."""
+    """True when the account has a row that could be sent now but for the rate limit (its backoff
+    is over and nothing older in its conversation is unsent): rate-limit accounting."""
     return bool(execute(_HAS_SENDABLE, _params(account))[0][0])
 
 
@@ -153,8 +159,9 @@ def reclaim_unknown_outcome(account: AccountLease, *, max_attempts: int) -> Unkn
     as resends on the rows and on the account (one transaction)."""
     with database.atomic():
         rows = execute(_RECLAIM_UNKNOWN, _params(account, max_attempts=max_attempts))
-        if rows:
-            execute(_COUNT_RESENDS, _params(account, count=len(rows)))
+        resent = sum(1 for row in rows if row[1] == "pending")
+        if resent:
+            execute(_COUNT_RESENDS, _params(account, count=resent))
     return UnknownOutcome(
         resend_ids=[r[0] for r in rows if r[1] == "pending"],
         failed_ids=[r[0] for r in rows if r[1] == "failed"],
