@@ -245,3 +245,23 @@ def test_gateway_refuses_to_start_without_a_secret(settings_env):
     settings_env(WEBHOOK_SECRET="")
     with pytest.raises(SettingsError, match="WEBHOOK_SECRET"):
         create_app(publish=lambda _: True)
+
+
+def test_healthz_and_metrics_report_each_whatsapp_account(gateway):
+    from zenthor.queue.channel_leases import acquire_account, release_account, set_account_state
+
+    owned = acquire_account("whatsapp", "shop", "host-a", ttl_ms=60_000, auth_mode="postgres")
+    set_account_state(owned, "connected")
+    gone = acquire_account("whatsapp", "old", "host-b", ttl_ms=60_000, auth_mode="local")
+    set_account_state(gone, "logged_out", error="logged out by WhatsApp: pair again")
+    release_account(gone)
+    accounts = gateway.client.get("/healthz").json()["channel_accounts"]
+    assert accounts["whatsapp:shop"] == "ok"
+    assert accounts["whatsapp:old"].startswith("logged_out: logged out by WhatsApp")
+    text = gateway.client.get("/metrics").text
+    assert 'zenthor_whatsapp_account_state{account="shop",state="connected"} 1.0' in text
+    assert 'zenthor_whatsapp_account_state{account="old",state="logged_out"} 1.0' in text
+    assert 'zenthor_whatsapp_lease_held{account="shop"} 1.0' in text
+    assert 'zenthor_whatsapp_lease_held{account="old"} 0.0' in text
+    assert 'zenthor_whatsapp_last_inbound_age_seconds{account="shop"} -1.0' in text
+    assert 'zenthor_whatsapp_rate_limited_total{account="shop"} 0.0' in text

@@ -126,3 +126,47 @@ def test_a_message_delivered_during_connect_is_accepted(tmp_path, settings_env):
     finally:
         runtime.shutdown()
         thread.join(timeout=15)
+
+
+def test_a_connection_that_outlives_its_lease_sends_nothing(tmp_path, settings_env):
+    """whatsmeow reconnects by itself and neonize cannot stop it: after another process took the
+    account, this process's connection (still up, even "reconnected") must send nothing."""
+    from tests.whatsapp.runtime_support import FakeWhatsApp, db_count, outbox_rows
+    from zenthor.db import database, execute
+
+    settings_env(WHATSAPP_CONTACT_POLICY="open")
+    fake = FakeWhatsApp(tmp_path / "fake", "solo")
+    slow_heartbeat = RuntimeConfig(**{**config(tmp_path).__dict__, "heartbeat_ms": 1500, "lease_ttl_ms": 4000})
+
+    def factory(term):
+        return FakeTransport("solo", fake.root, owner_id="host", token=lambda: term.token, zenthor_env="test")
+
+    events = EventLog()
+    logging.getLogger("zenthor.events").addHandler(events)
+    runtime = WhatsAppRuntime(slow_heartbeat, factory, publish=lambda _job: True)
+    thread = DbThread(target=runtime.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: (account_row("solo") or {}).get("state") == "connected", 10, message="connected")
+        with database.connection_context():
+            # Another process takes the account (as after this one's lease had expired)...
+            execute("UPDATE channel_account SET lease_token = gen_random_uuid(), owner_id = 'thief'")
+            # ...and a reply for it is waiting.
+            ((conversation_id,),) = execute(
+                "INSERT INTO conversation (channel, account_id, chat_id) "
+                "VALUES ('whatsapp', 'solo', '15551112222@s.whatsapp.net') RETURNING id"
+            )
+            execute(
+                "INSERT INTO outbound_message (conversation_id, channel, account_id, chat_id, text) "
+                "VALUES (%s, 'whatsapp', 'solo', '15551112222@s.whatsapp.net', 'not yours')",
+                (conversation_id,),
+            )
+        fake.control("connected")  # whatsmeow's own reconnect, on the old connection
+        wait_for(lambda: events.named("channel.lease.lost"), 10, message="the refused heartbeat")
+        assert fake.sends() == []
+        assert [row[2] for row in outbox_rows("solo")] == ["pending"]
+        assert db_count("SELECT count(*) FROM outbound_message WHERE processor_id = 'solo'") == 0
+    finally:
+        runtime.shutdown()
+        thread.join(timeout=15)
+        logging.getLogger("zenthor.events").removeHandler(events)
