@@ -211,6 +211,8 @@ def _describe(error: ValidationError) -> str:
         return f"invalid setting {name}: {message} (got {first['input']!r})"
     if first.get("type") == "missing":
         return f"missing setting {name}"
+    if name == "settings":
+        return f"invalid settings: {message}"  # a rule across settings: the message names them
     return f"invalid setting {name}: {message}"
 
 

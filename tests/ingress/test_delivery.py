@@ -129,26 +129,41 @@ def test_stale_token_cannot_mark_sent(settings_env):
     assert status_of(outbound_id) == "sent"
 
 
-def test_sweep_takes_back_a_dead_senders_row_and_delivers_it(callback, worker):
+def test_sweep_takes_back_a_dead_senders_row_and_delivers_it(callback):
+    from tests.support.workers import InProcessWorker
+
     (outbound_id,) = outbox_rows(["orphan"])
     claim_outbound(outbound_id, "dead-worker")
     execute(
         "UPDATE outbound_message SET locked_until = now() - interval '1 second' WHERE id = %s", (outbound_id,)
     )
+    # No worker yet: its boot sweep (and the re-check chain) would race this sweep for the row.
     counts = sweep_outbox()
     assert counts["outbox_requeued"] == 1
-    wait_for(lambda: status_of(outbound_id) == "sent", 10)
+    running = InProcessWorker()
+    try:
+        wait_for(lambda: status_of(outbound_id) == "sent", 10)
+    finally:
+        running.stop()
     assert len(callback.ok_records()) == 1
 
 
-def test_sweep_republishes_a_pending_row_whose_nudge_was_lost(callback, settings_env, worker):
+def test_sweep_republishes_a_pending_row_whose_nudge_was_lost(callback, settings_env):
+    from tests.support.workers import InProcessWorker
+
     settings_env(OUTBOUND_REPUBLISH_GRACE_MS="0")
     (outbound_id,) = outbox_rows(["lost nudge"])  # never published
     execute(
         "UPDATE outbound_message SET available_at = now() - interval '1 second' WHERE id = %s", (outbound_id,)
     )
+    # The worker starts only after this sweep: its own boot sweep would otherwise race this one
+    # for the row (either republishing is right; the test must know which one it measures).
     assert sweep_outbox()["outbox_republished"] == 1
-    wait_for(lambda: status_of(outbound_id) == "sent", 10)
+    running = InProcessWorker()
+    try:
+        wait_for(lambda: status_of(outbound_id) == "sent", 10)
+    finally:
+        running.stop()
 
 
 def test_terminal_rows_are_not_published_to_workers():

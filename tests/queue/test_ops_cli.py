@@ -47,4 +47,6 @@ def test_status_requeue_and_retry_as_the_runbook_uses_them():
     assert retried.exit_code == 0 and f"job {failed} is pending again" in retried.output
     assert (AgentJob.get_by_id(failed).status, AgentJob.get_by_id(failed).attempts) == ("pending", 0)
     again = CliRunner().invoke(cli, ["ops", "retry-job", str(failed)])
-    assert again.exit_code == 1 and "is not failed" in again.output
+    assert again.exit_code == 1 and "is pending, not failed" in again.output
+    missing = CliRunner().invoke(cli, ["ops", "retry-job", "999999"])
+    assert missing.exit_code == 1 and "job 999999 does not exist" in missing.output

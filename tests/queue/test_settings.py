@@ -43,6 +43,21 @@ def test_settings_that_contradict_each_other_are_refused(named, env):
     result = run([sys.executable, "-m", "zenthor.cli", "ops", "status"], **env)
     assert result.returncode == 2
     assert named in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith("zenthor: invalid settings: ")  # not "invalid setting settings"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["ops", "status"], ["ops", "status", "--json"], ["whatsapp", "status"], ["migrate"], ["ops", "retry-job", "1"]],
+)
+def test_a_command_with_postgres_unreachable_says_so_in_one_line(command):
+    result = run(
+        [sys.executable, "-m", "zenthor.cli", *command], DATABASE_URL="postgresql://postgres@127.0.0.1:1/nowhere"
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("zenthor: cannot reach Postgres at 127.0.0.1:1/nowhere (DATABASE_URL)")
 
 
 def test_a_missing_required_setting_is_named():

@@ -79,6 +79,11 @@ def retry_job(job_id: int) -> None:
     from zenthor.queue import retry_failed
 
     if not retry_failed(job_id):
-        raise click.ClickException(f"job {job_id} is not failed (see `zenthor ops status`)")
+        from zenthor.db import execute
+
+        rows = execute("SELECT status FROM agent_job WHERE id = %s", (job_id,))
+        if not rows:
+            raise click.ClickException(f"job {job_id} does not exist")
+        raise click.ClickException(f"job {job_id} is {rows[0][0]}, not failed (see `zenthor ops status`)")
     published = publish_dispatch(job_id)
     click.echo(f"job {job_id} is pending again" + ("" if published else " (publish failed: the sweep will)"))

@@ -76,7 +76,7 @@ def _factory_or_exit(settings: Settings, account_id: str):
 @click.option("--account", "account_id", default=None, help="Account id (default: WHATSAPP_ACCOUNT_ID).")
 def run_command(account_id: str | None) -> None:
     """Own the account (or wait as its standby) until SIGTERM."""
-    settings = bootstrap("whatsapp")
+    settings = bootstrap("whatsapp", require_database=False)  # it waits for Postgres as standby
     account_id = account_id or settings.WHATSAPP_ACCOUNT_ID
     factory = _factory_or_exit(settings, account_id)
     import zenthor.actors  # noqa: F401 - declares the actors, so accept() can publish dispatch
