@@ -57,8 +57,17 @@ ensure_libmagic() {
 ensure_venv() {
   ensure_libmagic
   if [ ! -x .venv/bin/python ]; then
+    _log "creating .venv"
     python3 -m venv .venv
   fi
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -c "import zenthor, dramatiq, periodiq, neonize.client" # fail loudly if the install did not work
+  # The install is editable: only a changed pyproject.toml needs it again.
+  local stamp=.venv/.zenthor-installed want
+  want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    _log "installing the project and its dependencies into .venv (a minute on first start)"
+    .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+    echo "$want" > "$stamp"
+  fi
+  .venv/bin/python -c "import zenthor, dramatiq, periodiq, neonize.client" || {
+    rm -f "$stamp"; _log "the install in .venv is broken: run again to reinstall"; exit 1; }
 }
