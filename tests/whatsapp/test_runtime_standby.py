@@ -70,7 +70,10 @@ def test_a_host_without_the_session_stays_standby_until_the_session_appears(tmp_
     try:
         refused = lambda: [r for r in events.named("channel.lease.contended") if r.reason == "no_session_here"]  # noqa: E731
         wait_for(lambda: len(refused()) >= 5, 10, message="several standby checks without a session")
-        assert account_row("solo") is None and factory_calls == []  # never took it, never dialled
+        assert factory_calls == []  # never took it, never dialled
+        waiting = account_row("solo")  # but the account is visible, with why nobody owns it
+        assert not waiting["lease_held"] and waiting["lease_term"] == 0
+        assert "run zenthor whatsapp pair" in waiting["last_error"]
         session_file.write_bytes(b"")  # the operator paired (or copied the session) on this host
         wait_for(lambda: owner_of("solo") == "host-without-file", 10, message="the account taken")
         wait_for(lambda: account_row("solo")["state"] == "connected", 10, message="connected")

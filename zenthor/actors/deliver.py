@@ -17,10 +17,10 @@ import logging
 
 import dramatiq
 
-from zenthor.actors.dispatch import is_infrastructure_error
+from zenthor.actors.publish import DELIVER_ACTOR, publish_delivery
+from zenthor.actors.retry_policy import is_infrastructure_error
 from zenthor.actors.sweep import register_step
 from zenthor.channels import DEFAULT_OUTBOUND_QUEUE, SendError, get_sender, load_builtin_senders, queue_for
-from zenthor.db import execute
 from zenthor.observability import emit
 from zenthor.observability import events as ev
 from zenthor.queue.outbox import (
@@ -40,7 +40,9 @@ _logger = logging.getLogger(__name__)
 load_builtin_senders()
 
 
-@dramatiq.actor(queue_name=DEFAULT_OUTBOUND_QUEUE, max_retries=10, retry_when=is_infrastructure_error)
+@dramatiq.actor(
+    actor_name=DELIVER_ACTOR, queue_name=DEFAULT_OUTBOUND_QUEUE, max_retries=10, retry_when=is_infrastructure_error
+)
 def deliver(outbound_id: int) -> None:
     """Deliver outbox row ``outbound_id`` if this worker may take it now."""
     if isinstance(outbound_id, bool) or not isinstance(outbound_id, int) or outbound_id <= 0:
@@ -109,28 +111,6 @@ def _nudge_next(conversation_id: int) -> None:
 def queue_for_channel(channel: str) -> str | None:
     """The queue delivery nudges for ``channel`` go to; None when its own process polls."""
     return queue_for(channel)
-
-
-def publish_delivery(outbound_id: int, *, channel: str | None = None, delay_ms: int | None = None) -> bool:
-    """Nudge delivery of row ``outbound_id`` on its channel's queue; False (and an event) when the
-    broker refused (the outbox sweep re-publishes it)."""
-    if channel is None:
-        rows = execute("SELECT channel FROM outbound_message WHERE id = %s", (outbound_id,))
-        if not rows:
-            return False
-        channel = rows[0][0]
-    queue_name = queue_for_channel(channel)
-    if queue_name is None:
-        return True  # delivered by the owning process's own polling
-    try:
-        message = deliver.message_with_options(args=(outbound_id,))
-        if queue_name != message.queue_name:
-            message = message.copy(queue_name=queue_name)
-        deliver.broker.enqueue(message, delay=delay_ms)
-        return True
-    except Exception as error:  # noqa: BLE001 - any broker failure leaves the row to the sweep
-        emit(ev.OUTBOUND_PUBLISH_FAILED, outbound_id=outbound_id, queue=queue_name, error=str(error)[:200])
-        return False
 
 
 def sweep_outbox() -> dict[str, int]:

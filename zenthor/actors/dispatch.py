@@ -12,11 +12,10 @@ import time
 from typing import Any
 
 import dramatiq
-from dramatiq.errors import BrokerConnectionError
 from dramatiq.middleware import CurrentMessage, Shutdown, TimeLimitExceeded
-from peewee import InterfaceError, OperationalError
 
-from zenthor.actors.publish import publish_deliveries, publish_dispatch
+from zenthor.actors.publish import DISPATCH_ACTOR, DISPATCH_QUEUE, publish_deliveries, publish_dispatch
+from zenthor.actors.retry_policy import INFRASTRUCTURE_ERRORS, is_infrastructure_error
 from zenthor.agent.replies import WrittenReplies, write_failure_reply, write_replies
 from zenthor.agent.turn import TurnContext, TurnError, TurnResult, load_turn
 from zenthor.broker import lease_heartbeat
@@ -25,14 +24,6 @@ from zenthor.observability import events as ev
 from zenthor.observability.metrics import CLAIM_SECONDS, TURN_SECONDS
 from zenthor.queue import ClaimRefused, Lease, LeaseLost, claim, complete, fail, next_pending_job, release
 from zenthor.settings import get_settings, worker_id
-
-INFRASTRUCTURE_ERRORS = (OperationalError, InterfaceError, BrokerConnectionError)
-
-
-def is_infrastructure_error(retries: int, exception: BaseException) -> bool:
-    """Dramatiq retries a message only when the database or broker failed, a few times."""
-    return retries < 10 and isinstance(exception, INFRASTRUCTURE_ERRORS)
-
 
 # A job handed over at shutdown is re-published with this delay: a delayed message that the
 # stopping worker's own consumer happens to take is held in memory and requeued when that
@@ -62,7 +53,8 @@ def parse_job_id(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
 
 
 @dramatiq.actor(
-    queue_name="dispatch",
+    actor_name=DISPATCH_ACTOR,
+    queue_name=DISPATCH_QUEUE,
     max_retries=10,
     retry_when=is_infrastructure_error,
     time_limit=get_settings().DISPATCH_TIME_LIMIT_MS,

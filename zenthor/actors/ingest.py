@@ -12,8 +12,8 @@ from typing import Any
 
 import dramatiq
 
-from zenthor.actors.dispatch import is_infrastructure_error
 from zenthor.actors.publish import publish_dispatch
+from zenthor.actors.retry_policy import is_infrastructure_error
 from zenthor.actors.sweep import register_step
 from zenthor.ingress import InboundMessage, InvalidInbound, accept, prune_dedupe_keys
 from zenthor.observability import emit

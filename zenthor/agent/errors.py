@@ -118,3 +118,12 @@ def classify(error: BaseException, model: str | None = None) -> ModelError:
     if isinstance(error, openai.APIResponseValidationError | ValueError | KeyError | TypeError):
         return ModelError("format", f"malformed model response: {type(error).__name__}", model=model)
     return ModelError("unknown", f"{type(error).__name__}: {error}"[:200], model=model)
+
+
+class TurnError(Exception):
+    """A turn that could not finish; ``retryable`` says whether another attempt may help."""
+
+    def __init__(self, reason: str, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.retryable = retryable

@@ -30,7 +30,7 @@ from psycopg2.extras import Json
 
 from zenthor.agent.approvals import APPROVED, EXPIRED, REJECTED, approval_prompt, idempotency_key
 from zenthor.agent.context import fit_to_window, load_history, report_compaction
-from zenthor.agent.errors import ModelError
+from zenthor.agent.errors import ModelError, TurnError
 from zenthor.agent.model_client import ModelClient, ToolCall
 from zenthor.agent.prompts import system_prompt
 from zenthor.agent.toolbox import (
@@ -244,8 +244,6 @@ class AgentLoop:
         return self._tool_context
 
     def _approval_from(self, payload: Any) -> tuple[ToolApproval, str]:
-        from zenthor.agent.turn import TurnError
-
         if not isinstance(payload, dict) or "approval_id" not in payload:
             raise TurnError(
                 "format", f"resume job without an approval in its payload: {payload!r}", retryable=False

@@ -14,7 +14,10 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from zenthor.agent.errors import TurnError
 from zenthor.queue import Lease
+
+__all__ = ["TurnContext", "TurnError", "TurnResult", "load_turn", "run_turn"]
 
 
 @dataclass
@@ -52,15 +55,6 @@ class TurnResult:
     replies: list[str] = field(default_factory=list)
     status: str = "done"
     write: Callable[[Lease], Any] | None = None
-
-
-class TurnError(Exception):
-    """A turn that could not finish; ``retryable`` says whether another attempt may help."""
-
-    def __init__(self, reason: str, message: str, *, retryable: bool = True) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.retryable = retryable
 
 
 def run_turn(ctx: TurnContext) -> TurnResult:

@@ -12,6 +12,7 @@ from zenthor.ingress.pipeline import (
     AcceptResult,
     accept,
     accept_notice,
+    set_default_publisher,
 )
 
 __all__ = [
@@ -30,4 +31,5 @@ __all__ = [
     "parse_sent_at",
     "prune_dedupe_keys",
     "register_answer_handler",
+    "set_default_publisher",
 ]

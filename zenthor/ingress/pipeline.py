@@ -66,9 +66,9 @@ class AcceptResult:
 def accept(message: InboundMessage, *, publish: Publisher | None = None) -> AcceptResult:
     """Accept ``message`` once; publish its job's dispatch nudge after commit.
 
-    ``publish`` defaults to :func:`zenthor.actors.publish.publish_dispatch` (imported lazily so
-    this module does not import the actors); tests pass their own. Must not run inside an open
-    transaction: the publish has to follow the commit.
+    ``publish`` defaults to the publisher registered with :func:`set_default_publisher` (the
+    dispatch nudge, once ``zenthor.actors`` is imported); tests pass their own. Must not run
+    inside an open transaction: the publish has to follow the commit.
     """
     if database.in_transaction():
         raise RuntimeError("accept() must run outside a transaction: it commits before publishing")
@@ -204,7 +204,19 @@ def _emit(message: InboundMessage, key: str, result: AcceptResult) -> None:
         )
 
 
-def _default_publisher() -> Publisher:
-    from zenthor.actors.publish import publish_dispatch
+_default: list[Publisher] = []
 
-    return publish_dispatch
+
+def set_default_publisher(publish: Publisher) -> None:
+    """The publisher :func:`accept` uses when none is passed (``zenthor.actors`` registers the
+    dispatch nudge at import), so ingress never imports the layer above it."""
+    _default[:] = [publish]
+
+
+def _default_publisher() -> Publisher:
+    if not _default:
+        raise RuntimeError(
+            "accept() has no publisher: pass publish=..., or import zenthor.actors (which registers "
+            "the dispatch nudge) before accepting messages"
+        )
+    return _default[0]

@@ -44,7 +44,8 @@ _TAKE = """
 UPDATE channel_account
    SET owner_id = %(owner)s, lease_token = %(token)s::uuid,
        expires_at = now() + %(ttl_ms)s * interval '1 millisecond', heartbeat_at = now(),
-       lease_term = lease_term + 1, auth_mode = %(auth_mode)s, client_version = %(version)s,
+       lease_term = lease_term + 1, auth_mode = %(auth_mode)s,
+       client_version = CASE WHEN %(pairing)s THEN client_version ELSE %(version)s END,
        state = CASE WHEN %(pairing)s THEN state ELSE 'connecting' END,
        hold_until = CASE WHEN %(pairing)s THEN hold_until END, updated_at = now()
  WHERE channel = %(channel)s AND account_id = %(account)s
@@ -242,6 +243,19 @@ def reset_operator_state(channel: str, account_id: str, *, state: str, device_ji
         "ban_code = NULL, banned_until = NULL, hold_until = NULL, updated_at = now() "
         "WHERE channel = %s AND account_id = %s",
         (state, device_jid, channel, account_id),
+    )
+
+
+def note_waiting(channel: str, account_id: str, *, auth_mode: str, why: str) -> None:
+    """A runtime waits without taking the account (no paired session within its reach): make the
+    account visible in status and health, with why, while nobody owns it."""
+    execute(
+        "INSERT INTO channel_account (channel, account_id, auth_mode, state, last_error) "
+        "VALUES (%s, %s, %s, 'standby', %s) "
+        "ON CONFLICT ON CONSTRAINT channel_account_channel_account_key DO UPDATE "
+        "SET last_error = EXCLUDED.last_error, updated_at = now() "
+        "WHERE channel_account.lease_token IS NULL OR channel_account.expires_at <= now()",
+        (channel, account_id, auth_mode, why),
     )
 
 

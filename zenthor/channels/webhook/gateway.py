@@ -192,10 +192,15 @@ def channel_account_health() -> dict[str, str]:
         name = f"{account['channel']}:{account['account_id']}"
         if account["lease_held"] and account["state"] == "connected":
             report[name] = "ok"
+        elif account["state"] in ("logged_out", "outdated", "banned") and not account["lease_held"]:
+            report[name] = f"{account['state']}: {account['last_error'] or 'needs an operator'}"
+        elif account["hold_until"] is not None and account["hold_until"] > datetime.now(UTC):
+            report[name] = f"held off until {account['hold_until'].isoformat()}: {account['last_error']}"
         elif not account["lease_held"]:
-            report[name] = f"no owner (state {account['state']}): is `zenthor whatsapp run` running?"
-            if account["state"] in ("logged_out", "outdated", "banned"):
-                report[name] = f"{account['state']}: {account['last_error'] or 'needs an operator'}"
+            report[name] = (
+                f"no owner (state {account['state']}): is `zenthor whatsapp run` running? "
+                f"{account['last_error'] or ''}"
+            ).strip()
         else:
             report[name] = f"{account['state']} (owner {account['owner_id']})"
     return report

@@ -110,7 +110,11 @@ def pair_account(
         result = PairResult("failed", detail=str(error))
     finally:
         term.end("paired")
-        threading.Thread(target=transport.stop, name="wa-pair-stop", daemon=True).start()
+        # Release only once the pairing connection is closed (bounded): a runtime that takes the
+        # account at once must not meet a second live socket of the same device (440).
+        closer = threading.Thread(target=transport.stop, name="wa-pair-stop", daemon=True)
+        closer.start()
+        closer.join(timeout=15)
     with database.connection_context():
         if result.outcome == "paired":
             reset_operator_state(CHANNEL, account_id, state="standby", device_jid=result.jid)

@@ -46,6 +46,7 @@ from zenthor.queue.channel_leases import (
     AccountLease,
     AccountRefused,
     acquire_account,
+    note_waiting,
     release_account,
     set_account_state,
 )
@@ -115,6 +116,8 @@ class WhatsAppRuntime:
         self._counters = TermCounters()
         self._connection: ConnectionThread | None = None
         self._lease_started = time.monotonic()
+        # After a local session turned out not to be the account's, wait before trying it again.
+        self._unpaired_until = 0.0
         self.terms_served = 0
 
     # --- public ---------------------------------------------------------------------------
@@ -129,7 +132,13 @@ class WhatsAppRuntime:
         """Serve the account until :meth:`shutdown`; returns the process exit status."""
         while not self._stop.is_set():
             if self.has_session is not None and not self._session_here():
+                if self._standby_reason != "no_session_here":
+                    self._note_waiting("no paired session within reach of this host: run zenthor whatsapp pair")
                 self._enter_standby(AccountRefused("no_session_here"))
+                self._stop.wait(self.config.standby_retry_ms / 1000.0)
+                continue
+            if time.monotonic() < self._unpaired_until:
+                self._enter_standby(AccountRefused("session_mismatch_here"))
                 self._stop.wait(self.config.standby_retry_ms / 1000.0)
                 continue
             lease = self._try_acquire()
@@ -141,6 +150,13 @@ class WhatsAppRuntime:
         return 0
 
     # --- standby --------------------------------------------------------------------------
+    def _note_waiting(self, why: str) -> None:
+        try:
+            with database.connection_context():
+                note_waiting(CHANNEL, self.config.account_id, auth_mode=self.config.auth_mode, why=why)
+        except Exception:  # noqa: BLE001 - informational; the standby loop goes on
+            pass
+
     def _session_here(self) -> bool:
         # No paired session within reach (local auth: not on this host): taking the account would
         # only end as "not paired" after dialling WhatsApp for a QR code.
@@ -424,10 +440,13 @@ class WhatsAppRuntime:
         ending = self._ending
         if reason.startswith("lease_lost"):
             return  # not ours any more: write nothing about the account
+        if reason == "connection_dead":
+            self._write_state(lease, "disconnected", error=f"the connection died: {ending.detail or '?'}")
         if reason == "not_paired" and self.config.auth_mode == "local":
             # Only this host lacks the session (local files): say so, and let others own it.
             self._write_state(lease, "standby", error=f"{lease.owner_id} has no paired session file")
             self._release(term, reason)
+            self._unpaired_until = time.monotonic() + max(self.config.replaced_holdoff_ms, 1000) / 1000.0
         elif reason in _OPERATOR_ENDS:
             error = {
                 "logged_out": f"logged out by WhatsApp ({ending.detail or 'no reason'}): pair again",
