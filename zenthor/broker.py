@@ -10,7 +10,6 @@ from __future__ import annotations
 from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
 import dramatiq
-from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.middleware import (
     AgeLimit,
     Callbacks,
@@ -25,6 +24,7 @@ from periodiq import PeriodiqMiddleware
 from zenthor.encoding import GuardedJSONEncoder
 from zenthor.middleware.db_connection import DbConnection
 from zenthor.middleware.heartbeat import LeaseHeartbeat
+from zenthor.middleware.idle_publisher import IdleAwareRabbitmqBroker
 from zenthor.settings import settings_or_exit
 
 
@@ -40,7 +40,7 @@ def with_heartbeat(url: str, heartbeat_s: int) -> str:
     return ";".join(parts)
 
 
-def build_broker() -> tuple[RabbitmqBroker, LeaseHeartbeat]:
+def build_broker() -> tuple[IdleAwareRabbitmqBroker, LeaseHeartbeat]:
     """A RabbitMQ broker with Dramatiq's default middleware, ours, and periodiq's."""
     settings = settings_or_exit()
     heartbeat = LeaseHeartbeat(interval_ms=settings.AGENT_JOB_HEARTBEAT_MS)
@@ -58,10 +58,12 @@ def build_broker() -> tuple[RabbitmqBroker, LeaseHeartbeat]:
         DbConnection(),
         PeriodiqMiddleware(skip_delay=30),
     ]
-    rabbit = RabbitmqBroker(
+    rabbit = IdleAwareRabbitmqBroker(
         url=with_heartbeat(settings.RABBITMQ_URL, settings.RABBITMQ_HEARTBEAT_S),
         confirm_delivery=True,
         middleware=middleware,
+        # RabbitMQ closes a connection after two missed heartbeats; replace one idle for half that.
+        max_idle_s=settings.RABBITMQ_HEARTBEAT_S / 2,
     )
     return rabbit, heartbeat
 

@@ -1,0 +1,74 @@
+"""Idle processes write no false ERROR lines (issue 10, item 1).
+
+A worker and a gateway sit idle for longer than two AMQP heartbeat timeouts (RabbitMQ closes
+their publisher connections meanwhile), then serve a message and stop: not one ERROR line, and
+the message is answered. Idle time is the scenario itself here, so the test lets it pass; every
+other wait is for a condition.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.ingress.helpers import CallbackServer, GatewayProcess
+from tests.support.workers import WorkerProcess, wait_for
+from zenthor.channels.webhook.signing import SIGNATURE_HEADER, sign
+
+SECRET = "idle-secret"
+HEARTBEAT_S = 2  # RabbitMQ drops a silent connection after about two of these
+
+
+def error_lines(path: str | Path) -> list[str]:
+    lines = []
+    for line in Path(path).read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if "ERROR" in line or "Traceback" in line:
+                lines.append(line)
+            continue
+        if record.get("level") in ("ERROR", "CRITICAL"):
+            lines.append(line)
+    return lines
+
+
+def post(gateway: GatewayProcess, message_id: str) -> None:
+    body = json.dumps({"message_id": message_id, "chat_id": "c", "sender_id": "s", "text": message_id}).encode()
+    response = httpx.post(
+        f"{gateway.url}/v1/webhook/acct/messages",
+        content=body,
+        headers={SIGNATURE_HEADER: sign(body, SECRET)},
+        timeout=30,
+    )
+    assert response.status_code == 202, response.text
+
+
+def test_an_idle_worker_and_gateway_log_no_error_and_still_serve(settings_env):
+    callback = CallbackServer()
+    env = {
+        "WEBHOOK_SECRET": SECRET,
+        "WEBHOOK_CALLBACK_URL": callback.url,
+        "RABBITMQ_HEARTBEAT_S": str(HEARTBEAT_S),
+        "LOG_LEVEL": "INFO",
+    }
+    settings_env(**env)
+    worker = WorkerProcess("idle-worker", threads=2, env=env)
+    gateway = GatewayProcess(env)
+    try:
+        post(gateway, "before")  # every publisher thread opens its connection
+        wait_for(lambda: len(callback.ok_records()) == 1, 30, message="the first reply")
+        time.sleep(3 * HEARTBEAT_S + 1)  # idle past two heartbeat timeouts
+        post(gateway, "after")
+        wait_for(lambda: len(callback.ok_records()) == 2, 30, message="the reply after idling")
+        time.sleep(3 * HEARTBEAT_S + 1)  # idle again before a clean shutdown
+    finally:
+        gateway.stop()
+        worker.stop()
+        callback.stop()
+    assert [r.json["text"].split()[-1] for r in callback.ok_records()] == ["before", "after"]
+    assert error_lines(worker.log_path) == []
+    assert error_lines(gateway.log_path) == []

@@ -1,0 +1,92 @@
+"""Publisher connections that stay honest while idle.
+
+Dramatiq's RabbitMQ broker keeps one blocking pika connection per publishing thread. A blocking
+connection only services its AMQP heartbeats while the thread uses it, so a thread that published
+once and then sat idle (a gateway request thread, a worker thread between turns) has its
+connection closed by RabbitMQ after two missed heartbeats; the next publish then found the dead
+socket and pika logged three ERROR lines with tracebacks before Dramatiq reconnected. Those were
+false alarms: nothing was wrong.
+
+:class:`IdleAwareRabbitmqBroker` closes a thread's connection on purpose, quietly, before it reuses
+one that sat idle for longer than half the heartbeat timeout, and opens a fresh one; at shutdown
+it closes the connections RabbitMQ already dropped without the same noise. A real broker outage
+still fails the publish (and is logged as one clear event by the caller).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+_PIKA_LOGGERS = (
+    "pika.adapters.utils.io_services_utils",
+    "pika.adapters.base_connection",
+    "pika.adapters.blocking_connection",
+    "pika.adapters.utils.connection_workflow",
+    "pika.connection",
+    "pika.channel",
+)
+_closing = threading.local()
+
+
+class _QuietWhileClosing(logging.Filter):
+    """Drops pika's records on the thread that is closing a connection it knows is stale."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_closing, "active", False)
+
+
+_filter = _QuietWhileClosing()
+
+
+class IdleAwareRabbitmqBroker(RabbitmqBroker):
+    """A RabbitMQ broker whose per-thread publisher connections never go stale silently."""
+
+    def __init__(self, *args, max_idle_s: float, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_idle_s = max_idle_s
+        self._last_used = threading.local()
+        # pika's loggers and Dramatiq's own ("Encountered exception while closing Channel.").
+        for logger in [logging.getLogger(name) for name in _PIKA_LOGGERS] + [self.logger]:
+            if _filter not in logger.filters:
+                logger.addFilter(_filter)
+
+    @property
+    def channel(self):
+        """This thread's channel; a connection that sat idle too long is replaced first.
+
+        Every use of the thread's connection (publish, queue declarations, message counts) goes
+        through here, so every use counts as activity and none finds a stale socket.
+        """
+        if self.max_idle_s > 0:
+            now = time.monotonic()
+            last = getattr(self._last_used, "at", None)
+            if last is not None and now - last > self.max_idle_s:
+                self.drop_thread_connection()
+            self._last_used.at = now
+        return RabbitmqBroker.channel.fget(self)
+
+    @channel.deleter
+    def channel(self):
+        RabbitmqBroker.channel.fdel(self)
+
+    def drop_thread_connection(self) -> None:
+        """Close this thread's publisher connection (if any) without a word: it is known stale."""
+        _closing.active = True
+        try:
+            del self.connection  # closes the channel and the connection; a failure is expected
+        except Exception:  # noqa: BLE001 - a dead socket refusing a clean close is the point
+            pass
+        finally:
+            _closing.active = False
+
+    def close(self) -> None:
+        """Close every connection at shutdown; the idle ones RabbitMQ already dropped go quietly."""
+        _closing.active = True
+        try:
+            super().close()
+        finally:
+            _closing.active = False
