@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     WEBHOOK_TIMEOUT_S: float = Field(default=10.0, gt=0)
     # /healthz answers 503 when the last sweep finished longer ago than this.
     HEALTH_SWEEP_MAX_AGE_S: int = Field(default=180, ge=1)
+    # /healthz and ops status fail when a job has been ready and unclaimed for longer than this.
+    HEALTH_PENDING_MAX_AGE_S: int = Field(default=120, ge=1)
 
     # --- the model ------------------------------------------------------------------------
     AI_BASE_URL: str | None = None

@@ -193,16 +193,36 @@ def test_unknown_route_and_wrong_method(gateway):
     assert gateway.client.post("/v1/nope").status_code == 404
 
 
-def test_healthz_is_503_until_a_sweep_ran_then_200(gateway):
+def test_healthz_is_503_until_a_worker_consumes_and_a_sweep_ran_then_200_and_503_when_workers_stop(gateway):
+    from tests.support.workers import InProcessWorker, wait_for
+
     response = gateway.client.get("/healthz")
     assert response.status_code == 503
     checks = response.json()["checks"]
     assert checks["postgres"] == "ok" and checks["rabbitmq"] == "ok"
+    assert checks["dispatch_consumers"].startswith("none: no worker consumes the dispatch queue")
     assert "never ran" in checks["sweep"]
-    sweep_state.record_start("manual")
-    sweep_state.record_finish({"requeued": 0})
-    response = gateway.client.get("/healthz")
-    assert response.status_code == 200 and response.json()["status"] == "ok"
+    running = InProcessWorker()  # its boot kicks the sweep
+    try:
+        wait_for(lambda: gateway.client.get("/healthz").status_code == 200, 30, message="healthy")
+        assert set(gateway.client.get("/healthz").json()["checks"].values()) == {"ok"}
+    finally:
+        running.stop()
+    # Every worker gone: unhealthy at once, naming why.
+    response = wait_for(
+        lambda: (r := gateway.client.get("/healthz")).status_code == 503 and r, 10, message="503 again"
+    )
+    assert response.json()["checks"]["dispatch_consumers"].startswith("none")
+
+
+def test_healthz_names_a_job_that_waits_too_long(gateway, settings_env):
+    from zenthor.db import execute
+
+    settings_env(WEBHOOK_SECRET=SECRET, HEALTH_PENDING_MAX_AGE_S="60")
+    post(gateway, valid())
+    execute("UPDATE agent_job SET available_at = now() - interval '5 minutes'")
+    checks = gateway.client.get("/healthz").json()["checks"]
+    assert checks["pending"].startswith("the oldest pending job has waited 3")
 
 
 def test_healthz_reports_a_stale_sweep(gateway, settings_env):

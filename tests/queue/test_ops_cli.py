@@ -32,12 +32,18 @@ def test_status_requeue_and_retry_as_the_runbook_uses_them():
     fail(claim(failed, "w"), reason="server", message="boom")
     make_job(make_conversation("waiting"))
 
-    snapshot = json.loads(run("ops", "status", "--json").output)
+    as_json = run("ops", "status", "--json")
+    assert as_json.exit_code == 1  # no worker consumes dispatch: the same verdict as /healthz
+    snapshot = json.loads(as_json.output)
+    assert snapshot["health"]["status"] == "unavailable"
+    assert snapshot["health"]["checks"]["dispatch_consumers"].startswith("none")
     assert snapshot["jobs"]["processing"] == 1 and snapshot["jobs"]["failed"] == 1
     assert snapshot["jobs"]["pending"] == 1 and snapshot["expired_leases"] == 1
     assert snapshot["lease_holders"] == [{"processor_id": "dead-worker", "processing": 1}]
-    human = run("ops", "status").output
+    status = run("ops", "status")
+    human = status.output
     assert "expired leases: 1" in human and "last sweep:  never" in human
+    assert status.exit_code == 1 and "health:      UNHEALTHY" in human and "dispatch_consumers: none" in human
 
     requeued = run("ops", "requeue-stale")
     assert requeued.exit_code == 0 and "requeued 1" in requeued.output

@@ -17,19 +17,32 @@ def ops() -> None:
 @ops.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (for scripts).")
 def status(as_json: bool) -> None:
-    """Jobs per status, oldest pending age, expired leases, lease holders, last sweep."""
-    bootstrap("ops")
+    """Jobs per status, oldest pending age, expired leases, lease holders, last sweep, and the
+    health verdict of /healthz: exits 1 when unhealthy (for a cron or a probe)."""
+    settings = bootstrap("ops")
+    from zenthor.broker import broker
     from zenthor.queue.channel_leases import accounts_snapshot
+    from zenthor.queue.health import health_checks
     from zenthor.queue.stats import queue_snapshot
 
+    healthy, checks = health_checks(
+        broker,
+        sweep_max_age_s=settings.HEALTH_SWEEP_MAX_AGE_S,
+        pending_max_age_s=settings.HEALTH_PENDING_MAX_AGE_S,
+    )
     snapshot = queue_snapshot()
+    snapshot["health"] = {"status": "ok" if healthy else "unavailable", "checks": checks}
     snapshot["channel_accounts"] = [
         {k: a[k] for k in ("channel", "account_id", "state", "owner_id", "lease_held", "expires_in_s")}
         for a in accounts_snapshot()
     ]
     if as_json:
         click.echo(json.dumps(snapshot, default=str, sort_keys=True))
-        return
+        raise SystemExit(0 if healthy else 1)
+    click.echo("health:      " + ("ok" if healthy else "UNHEALTHY"))
+    for name, verdict in checks.items():
+        if verdict != "ok":
+            click.echo(f"  {name}: {verdict}")
     jobs = snapshot["jobs"]
     click.echo("jobs:        " + "  ".join(f"{k}={v}" for k, v in jobs.items()))
     age = snapshot["oldest_pending_age_s"]
@@ -53,6 +66,8 @@ def status(as_json: bool) -> None:
         click.echo(
             f"last sweep:  {sweep['finished_at']} ({sweep['age_s']}s ago, {sweep['trigger']}) {sweep['result']}"
         )
+    if not healthy:
+        raise SystemExit(1)
 
 
 @ops.command("requeue-stale")

@@ -26,12 +26,13 @@ from starlette.routing import Route
 
 from zenthor.channels.webhook.signing import SIGNATURE_HEADER, verify
 from zenthor.channels.webhook.validation import BodyError, FieldError, parse_body, to_inbound
-from zenthor.db import database, execute
+from zenthor.db import database
 from zenthor.ingress import DUPLICATE, IGNORED, AcceptResult, InboundMessage, accept
 from zenthor.observability import emit
 from zenthor.observability import events as ev
 from zenthor.observability.channel_metrics import AccountsCollector
 from zenthor.queue.channel_leases import accounts_snapshot
+from zenthor.queue.health import health_checks
 from zenthor.settings import Settings, get_settings
 
 MAX_BODY_BYTES = 64 * 1024
@@ -96,7 +97,13 @@ def create_app(
         return JSONResponse({"status": "accepted"}, status_code=202)
 
     async def healthz(request: Request) -> Response:
-        ok, checks = await run_in_threadpool(health_checks, broker, settings.HEALTH_SWEEP_MAX_AGE_S)
+        ok, checks = await run_in_threadpool(
+            lambda: health_checks(
+                broker,
+                sweep_max_age_s=settings.HEALTH_SWEEP_MAX_AGE_S,
+                pending_max_age_s=settings.HEALTH_PENDING_MAX_AGE_S,
+            )
+        )
         accounts = await run_in_threadpool(channel_account_health)
         return JSONResponse(
             {"status": "ok" if ok else "unavailable", "checks": checks, "channel_accounts": accounts},
@@ -147,35 +154,6 @@ def _reject(account_id: str, status: int, error: str, *, field: str | None = Non
     if field is not None:
         content["field"] = field
     return JSONResponse(content, status_code=status)
-
-
-def health_checks(broker: Any, sweep_max_age_s: int) -> tuple[bool, dict[str, str]]:
-    """Postgres answers, RabbitMQ answers, the last sweep is recent: (all ok, reason per check)."""
-    checks: dict[str, str] = {}
-    last_sweep: datetime | None = None
-    try:
-        from zenthor.queue.sweep_state import last_finished_at
-
-        with database.connection_context():
-            execute("SELECT 1")
-            last_sweep = last_finished_at()
-        checks["postgres"] = "ok"
-    except Exception as error:  # noqa: BLE001 - any failure is the reason we report
-        checks["postgres"] = f"unreachable: {type(error).__name__}: {str(error).strip()[:150]}"
-    try:
-        broker.declare_queue("dispatch", ensure=True)
-        broker.get_queue_message_counts("dispatch")
-        checks["rabbitmq"] = "ok"
-    except Exception as error:  # noqa: BLE001
-        checks["rabbitmq"] = f"unreachable: {type(error).__name__}: {str(error).strip()[:150]}"
-    if checks["postgres"] != "ok":
-        checks["sweep"] = "unknown (postgres unreachable)"
-    elif last_sweep is None:
-        checks["sweep"] = "never ran (is `periodiq zenthor.actors` running?)"
-    else:
-        age = (datetime.now(UTC) - last_sweep).total_seconds()
-        checks["sweep"] = "ok" if age <= sweep_max_age_s else f"stale: last finished {age:.0f}s ago"
-    return all(value == "ok" for value in checks.values()), checks
 
 
 def channel_account_health() -> dict[str, str]:
