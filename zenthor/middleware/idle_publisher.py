@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
@@ -49,10 +50,54 @@ class IdleAwareRabbitmqBroker(RabbitmqBroker):
         super().__init__(*args, **kwargs)
         self.max_idle_s = max_idle_s
         self._last_used = threading.local()
+        # (thread, connection) for every publisher connection: Dramatiq keeps one per thread in a
+        # thread-local, but also in a set, so the connection of a thread that ended (a gateway's
+        # short-lived request threads) stayed open forever: its sockets and pika's ioloop fds leaked.
+        self._owners: list[tuple[weakref.ref, object]] = []
+        self._owners_lock = threading.Lock()
         # pika's loggers and Dramatiq's own ("Encountered exception while closing Channel.").
         for logger in [logging.getLogger(name) for name in _PIKA_LOGGERS] + [self.logger]:
             if _filter not in logger.filters:
                 logger.addFilter(_filter)
+
+    @property
+    def connection(self):
+        """This thread's connection; opening one first closes those of threads that ended."""
+        had = getattr(self.state, "connection", None)
+        connection = RabbitmqBroker.connection.fget(self)
+        if had is None:
+            self.close_connections_of_ended_threads()
+            with self._owners_lock:
+                self._owners.append((weakref.ref(threading.current_thread()), connection))
+        return connection
+
+    @connection.deleter
+    def connection(self):
+        RabbitmqBroker.connection.fdel(self)
+
+    def close_connections_of_ended_threads(self) -> int:
+        """Close (quietly) the publisher connections whose thread is gone; returns how many."""
+        with self._owners_lock:
+            keep, dead = [], []
+            for owner, connection in self._owners:
+                thread = owner()
+                if connection not in self.connections:
+                    continue  # closed the ordinary way
+                (keep if thread is not None and thread.is_alive() else dead).append((owner, connection))
+            self._owners = keep
+        for _owner, connection in dead:
+            self.connections.discard(connection)
+            for channel in [c for c in self.channels if getattr(c, "_connection", None) is connection]:
+                self.channels.discard(channel)
+            _closing.active = True
+            try:
+                if connection.is_open:
+                    connection.close()  # its thread is gone: nobody else uses it
+            except Exception:  # noqa: BLE001 - a stale socket refusing a clean close
+                pass
+            finally:
+                _closing.active = False
+        return len(dead)
 
     @property
     def channel(self):
