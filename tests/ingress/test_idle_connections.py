@@ -104,7 +104,7 @@ def test_the_gateways_descriptors_stay_flat_while_its_request_threads_come_and_g
     finally:
         gateway.stop()
         callback.stop()
-    # The count moves with how many request threads are alive at that moment, but does not grow:
-    # before the fix each burst left ~35 more descriptors behind (52 -> 165 over four bursts).
-    assert max(counts) - min(counts) <= 15, counts
-    assert counts[-1] <= counts[0] + 15, counts
+    # The count moves with how many request threads (each with its connection) are alive at that
+    # moment, but does not grow: before the fix each burst left ~35 more descriptors behind
+    # (52 -> 165 over four bursts), so the late bursts' lowest count rose above the early highest.
+    assert min(counts[-2:]) <= max(counts[:2]) + 10, counts
