@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from zenthor.channels.whatsapp.db_hiccup import database_hiccup
 from zenthor.channels.whatsapp.identity import IdentityBook
 from zenthor.channels.whatsapp.presence import ReadMarks, reader_of
 from zenthor.channels.whatsapp.rate_limit import SendRateLimit
@@ -86,14 +87,7 @@ class OutboxSender(threading.Thread):
                 try:
                     progressed = self._send_one()
                 except Exception as error:  # noqa: BLE001 - a database hiccup: wait and try again
-                    emit(
-                        ev.DATABASE_UNAVAILABLE,
-                        operation="whatsapp_outbox",
-                        job_id=None,
-                        error=f"{type(error).__name__}: {str(error)[:200]}",
-                    )
-                    if not database.is_closed():
-                        database.close()
+                    database_hiccup("whatsapp_outbox", error)
                     progressed = False
                 if not progressed:
                     self._wake.wait(self.config.poll_s)
@@ -171,14 +165,7 @@ class OutboxSender(threading.Thread):
             try:
                 return mark_sent_owned(lease, whatsapp_id)
             except Exception as error:  # noqa: BLE001 - keep the id in memory and try again
-                emit(
-                    ev.DATABASE_UNAVAILABLE,
-                    operation="whatsapp_mark_sent",
-                    job_id=None,
-                    error=f"{type(error).__name__}: {str(error)[:200]}",
-                )
-                if not database.is_closed():
-                    database.close()
+                database_hiccup("whatsapp_mark_sent", error)
                 if self.term.wait_ended(delay):
                     return False  # the next owner sends it once more (outcome unknown to it)
                 delay = min(delay * 2, 5.0)

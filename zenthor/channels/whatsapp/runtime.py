@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from zenthor.channels.whatsapp import CHANNEL
+from zenthor.channels.whatsapp.db_hiccup import database_hiccup
 from zenthor.channels.whatsapp.delivery import DeliveryConfig, OutboxSender
 from zenthor.channels.whatsapp.identity import IdentityBook
 from zenthor.channels.whatsapp.inbound import InboundConfig, InboundHandler
@@ -178,12 +179,7 @@ class WhatsAppRuntime:
                     client_version=self.config.client_version,
                 )
         except Exception as error:  # noqa: BLE001 - the database is away: stay standby, retry
-            emit(
-                ev.DATABASE_UNAVAILABLE,
-                operation="whatsapp_acquire",
-                job_id=None,
-                error=f"{type(error).__name__}: {str(error)[:200]}",
-            )
+            database_hiccup("whatsapp_acquire", error)
             return None
         if isinstance(outcome, AccountRefused):
             self._enter_standby(outcome)

@@ -19,9 +19,8 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from zenthor.channels.whatsapp.db_hiccup import database_hiccup
 from zenthor.db import database
-from zenthor.observability import emit
-from zenthor.observability import events as ev
 from zenthor.queue.channel_leases import AccountLease, heartbeat_account
 
 _MARGIN_S = 0.5  # clock-rate drift between this host and the database over one TTL
@@ -136,14 +135,7 @@ class LeaseKeeper(threading.Thread):
                     )
                 except Exception as error:  # noqa: BLE001 - the database may come back before expiry
                     self.counters.give_back(rate_limited)
-                    emit(
-                        ev.DATABASE_UNAVAILABLE,
-                        operation="whatsapp_heartbeat",
-                        job_id=None,
-                        error=f"{type(error).__name__}: {str(error)[:200]}",
-                    )
-                    if not database.is_closed():
-                        database.close()
+                    database_hiccup("whatsapp_heartbeat", error)
                     continue
                 if not kept:
                     self.on_lost("heartbeat_refused")
