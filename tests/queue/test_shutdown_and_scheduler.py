@@ -74,7 +74,12 @@ def test_two_periodiq_schedulers_at_once_requeue_each_stale_job_once():
                 stderr=subprocess.STDOUT,
             )
         )
-    worker = WorkerProcess("worker-swept", threads=4, env={"AGENT_TURN": "tests.support.turns:scripted_turn"})
+    # DEBUG: a periodic sweep that finds nothing logs its queue.sweep.completed at DEBUG.
+    worker = WorkerProcess(
+        "worker-swept",
+        threads=4,
+        env={"AGENT_TURN": "tests.support.turns:scripted_turn", "LOG_LEVEL": "DEBUG"},
+    )
     try:
         wait_for(lambda: all(AgentJob.get_by_id(j).status == "done" for j in jobs), 60, interval=0.2)
         assert {AgentJob.get_by_id(j).attempts for j in jobs} == {1}  # requeued exactly once each

@@ -65,6 +65,8 @@ def run_sweep(trigger: str) -> dict[str, int]:
     sweep_state.record_finish(counts)
     emit(
         ev.SWEEP_COMPLETED,
+        # A sweep that found nothing runs every few seconds: only one that did something is news.
+        _level=logging.INFO if any(counts.values()) else logging.DEBUG,
         trigger=trigger,
         requeued=counts["requeued"],
         failed=counts["failed"],

@@ -39,14 +39,16 @@ def event(name: str, *fields: str, level: int = logging.INFO, description: str =
     return declared
 
 
-def emit(kind: Event, /, **fields: Any) -> None:
-    """Log ``kind`` with ``fields`` as one structured line and count it."""
+def emit(kind: Event, /, *, _level: int | None = None, **fields: Any) -> None:
+    """Log ``kind`` with ``fields`` as one structured line and count it (``_level`` overrides the
+    event's level for one emission, e.g. a sweep that found nothing to do logs at DEBUG)."""
     unknown = set(fields) - kind.fields
     if unknown:
         raise ValueError(f"event {kind.name} has no field(s) {sorted(unknown)}")
     EVENTS_TOTAL.labels(event=kind.name).inc()
-    if _logger.isEnabledFor(kind.level):
-        _logger.log(kind.level, kind.name, extra={"event": kind.name, **fields})
+    level = kind.level if _level is None else _level
+    if _logger.isEnabledFor(level):
+        _logger.log(level, kind.name, extra={"event": kind.name, **fields})
 
 
 # --- queue: agent_job leases --------------------------------------------------------------

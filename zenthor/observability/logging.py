@@ -38,6 +38,9 @@ class _ConsoleFormatter(logging.Formatter):
     _skip = set(logging.makeLogRecord({}).__dict__) | {"message", "service", "worker_id", "event", "asctime"}
 
     def format(self, record: logging.LogRecord) -> str:
+        if getattr(record, "event", None) == record.getMessage():
+            # A typed event's message is its name: print it once.
+            record = logging.makeLogRecord({**record.__dict__, "msg": "", "args": None})
         base = super().format(record)
         extras = " ".join(f"{k}={v}" for k, v in record.__dict__.items() if k not in self._skip)
         return f"{base} {extras}".rstrip()
