@@ -95,21 +95,26 @@ class WorkerProcess:
 
     def events(self, name: str | None = None) -> list[dict]:
         """The JSON log records this worker wrote (optionally only event ``name``)."""
-        records = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            line = line.strip()
-            if not line.startswith("{"):
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if name is None or record.get("event") == name:
-                records.append(record)
-        return records
+        return log_events(self.log_path, name)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def log_events(path: Path, name: str | None = None) -> list[dict]:
+    """The JSON log records in a process's log file (optionally only event ``name``)."""
+    records = []
+    for line in path.read_text(errors="replace").splitlines():
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if name is None or record.get("event") == name:
+            records.append(record)
+    return records
 
 
 def wait_for(

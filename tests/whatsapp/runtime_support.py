@@ -11,6 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.support.workers import log_events
 from zenthor.db import execute
 
 FAST_LEASE = {
@@ -127,17 +128,7 @@ class RuntimeProcess:
             self.log_path.unlink(missing_ok=True)
 
     def events(self, name: str | None = None) -> list[dict]:
-        records = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            if not line.startswith("{"):
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if name is None or record.get("event") == name:
-                records.append(record)
-        return records
+        return log_events(self.log_path, name)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
