@@ -13,4 +13,4 @@ RUN pip install --no-cache-dir .
 # absolute path outside the code so a volume can be mounted on it (docker-compose.yml does).
 RUN install -d -m 0700 /var/lib/zenthor/whatsapp
 ENV PYTHONUNBUFFERED=1 LOG_FORMAT=json WHATSAPP_AUTH_DIR=/var/lib/zenthor/whatsapp
-CMD ["dramatiq", "zenthor.actors"]
+CMD ["zenthor", "worker"]

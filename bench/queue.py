@@ -46,6 +46,9 @@ def drain(broker, queues: set[str], threads: int, done: callable, total: int) ->
         return time.perf_counter() - started
     finally:
         worker.stop(timeout=10_000)
+        # Worker.start adds a hook to the broker that stop leaves behind; the next run would log
+        # "adding a middleware of the same type twice".
+        broker.middleware[:] = [m for m in broker.middleware if getattr(m, "worker", None) is not worker]
 
 
 def bench_baseline(broker, messages: int, threads: int) -> float:

@@ -11,8 +11,11 @@ Where the services are: ``ZENTHOR_TEST_PG_ADMIN_URL`` (default
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -36,6 +39,20 @@ TEST_ENV = {
     "ZENTHOR_ENV": "test",
 }
 os.environ.update(TEST_ENV)
+# Process logs, spools and scratch files of this run live in one directory, removed at the end
+# (kept, and named, with ZENTHOR_TEST_KEEP_LOGS=1); subprocesses inherit it through TMPDIR.
+RUN_TMP = tempfile.mkdtemp(prefix=f"zenthor-test-{RUN_ID}-")
+tempfile.tempdir = os.environ["TMPDIR"] = RUN_TMP
+
+
+def _remove_run_tmp() -> None:
+    if os.environ.get("ZENTHOR_TEST_KEEP_LOGS"):
+        sys.stderr.write(f"\ntest logs kept in {RUN_TMP}\n")
+    else:
+        shutil.rmtree(RUN_TMP, ignore_errors=True)
+
+
+atexit.register(_remove_run_tmp)  # also when no test ran (collection only, -k matching nothing)
 # Worker subprocesses import test helpers (tests.support) by module path.
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 sys.path.insert(0, str(ROOT))

@@ -25,6 +25,7 @@ from zenthor.encoding import GuardedJSONEncoder
 from zenthor.middleware.db_connection import DbConnection
 from zenthor.middleware.heartbeat import LeaseHeartbeat
 from zenthor.middleware.idle_publisher import IdleAwareRabbitmqBroker
+from zenthor.observability.worker_metrics import prepare_worker_metrics
 from zenthor.settings import settings_or_exit
 
 
@@ -41,7 +42,8 @@ def with_heartbeat(url: str, heartbeat_s: int) -> str:
 
 
 def build_broker() -> tuple[IdleAwareRabbitmqBroker, LeaseHeartbeat]:
-    """A RabbitMQ broker with Dramatiq's default middleware, ours, and periodiq's."""
+    """A RabbitMQ broker with Dramatiq's default middleware, ours, and periodiq's (and, in a worker
+    process group with ``WORKER_METRICS_PORT`` set, Dramatiq's Prometheus middleware)."""
     settings = settings_or_exit()
     heartbeat = LeaseHeartbeat(interval_ms=settings.AGENT_JOB_HEARTBEAT_MS)
     middleware = [
@@ -58,6 +60,15 @@ def build_broker() -> tuple[IdleAwareRabbitmqBroker, LeaseHeartbeat]:
         DbConnection(),
         PeriodiqMiddleware(skip_delay=30),
     ]
+    metrics = prepare_worker_metrics()
+    if metrics is not None:
+        # Only in a `dramatiq zenthor.actors` process group with WORKER_METRICS_PORT set, and
+        # imported only then: Dramatiq's module reads its directory from the environment (and
+        # creates it) at import, and prepare_worker_metrics has just set it.
+        from zenthor.middleware.worker_metrics import WorkerMetrics
+
+        # First, so that its timing wraps every other middleware's work on the message.
+        middleware.insert(0, WorkerMetrics(metrics))
     rabbit = IdleAwareRabbitmqBroker(
         url=with_heartbeat(settings.RABBITMQ_URL, settings.RABBITMQ_HEARTBEAT_S),
         confirm_delivery=True,

@@ -136,8 +136,16 @@ class Settings(BaseSettings):
     # --- observability --------------------------------------------------------------------
     LOG_FORMAT: Literal["json", "console"] = "json"
     LOG_LEVEL: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
-    LOG_MESSAGE_CONTENT: bool = False
-    SERVICE_NAME: str = "zenthor"
+    # The `service` field of log lines; unset, each command names itself (worker, gateway, ...).
+    SERVICE_NAME: str | None = None
+
+    # --- worker metrics (issue 10) --------------------------------------------------------
+    # A `dramatiq zenthor.actors` process group serves its Prometheus metrics, summed over its
+    # processes, on this port (0: off). Off by default: two groups on one host need two ports.
+    WORKER_METRICS_PORT: int = Field(default=0, ge=0, le=65535)
+    WORKER_METRICS_HOST: str = "127.0.0.1"
+    # Parent of each group's prometheus_client multiprocess directory ("": <temp dir>/zenthor-worker-metrics).
+    WORKER_METRICS_DIR: str = ""
 
     @field_validator("DATABASE_URL")
     @classmethod
@@ -175,6 +183,17 @@ class Settings(BaseSettings):
             )
         if self.WHATSAPP_HEARTBEAT_MS * 2 > self.WHATSAPP_LEASE_TTL_MS:
             raise ValueError("WHATSAPP_HEARTBEAT_MS must be at most half of WHATSAPP_LEASE_TTL_MS")
+        # The webhook channel is on when either is set; then every reply needs both. Refusing here
+        # stops the gateway taking messages it could never answer, and a worker retrying each reply
+        # for minutes and holding the conversation's later replies behind it.
+        webhook = {"WEBHOOK_SECRET": self.WEBHOOK_SECRET, "WEBHOOK_CALLBACK_URL": self.WEBHOOK_CALLBACK_URL}
+        missing = [name for name, value in webhook.items() if not value]
+        if len(missing) == 1:
+            given = next(name for name in webhook if name not in missing)
+            raise ValueError(
+                f"{missing[0]} is required when {given} is set: the webhook channel needs both "
+                "(the secret signs requests and replies, replies are POSTed to the callback URL)"
+            )
         return self
 
     @property

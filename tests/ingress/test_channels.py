@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -119,3 +123,59 @@ def test_sender_registry_validates_and_routes():
     # A process without the WhatsApp sender (a dispatch worker) never routes its rows to the shared
     # queue: the runtime that owns the account polls its own rows (no nudge at all).
     assert queue_for_channel("whatsapp") is None
+
+
+def test_the_readme_replay_example_does_what_the_readme_says(tmp_path):
+    """The README's replay file, run twice: its documented summaries, and no log line per message."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    example = re.search(r"```jsonl\n(.*?)```", readme, re.S).group(1)
+    said = re.findall(r"^\$ zenthor replay outage.jsonl.*\n(.*)$", readme, re.M)
+    path = tmp_path / "outage.jsonl"
+    path.write_text(example)
+    for expected in said:
+        result = subprocess.run(
+            [sys.executable, "-m", "zenthor.cli", "replay", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert result.stdout.strip() == expected
+        assert "inbound.accepted" not in result.stderr
+    assert len(said) == 2 and count("agent_job") == 1
+
+
+def test_zenthor_chat_shows_the_conversation_and_no_log_line_between(worker, tmp_path):
+    """A real ``zenthor chat`` process: its screen is the conversation; logs are warnings only."""
+    import selectors
+
+    chat = subprocess.Popen(
+        [sys.executable, "-m", "zenthor.cli", "chat", "--chat", "screen"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    screen = ""
+    try:
+        chat.stdin.write("hello there\n")
+        chat.stdin.flush()
+        selector = selectors.DefaultSelector()
+        selector.register(chat.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + 60
+        while "assistant>" not in screen and time.monotonic() < deadline:
+            if selector.select(timeout=0.5):
+                screen += os.read(chat.stdout.fileno(), 4096).decode()
+        chat.stdin.write("/quit\n")
+        chat.stdin.flush()
+        rest, errors = chat.communicate(timeout=30)
+    finally:
+        if chat.poll() is None:
+            chat.kill()
+            chat.wait()
+    screen += rest
+    assert chat.returncode == 0, errors[-2000:]
+    assert "assistant> " in screen and "hello there" in screen  # the echo responder's reply
+    assert "{" not in screen and "queue.job" not in screen
+    levels = [json.loads(line)["level"] for line in errors.splitlines() if line.startswith("{")]
+    assert set(levels) <= {"WARNING", "ERROR", "CRITICAL"}, errors[-2000:]

@@ -8,19 +8,23 @@ import httpx
 import pytest
 
 from tests.ingress.helpers import ThreadedGateway, count
+from zenthor.broker import broker
 from zenthor.channels.webhook.gateway import create_app
 from zenthor.channels.webhook.signing import SIGNATURE_HEADER, sign
 from zenthor.models import Message
 from zenthor.queue import sweep_state
 
 SECRET = "gateway-secret"
+CALLBACK = "http://127.0.0.1:9/replies"  # never called: these tests run no worker
 
 
 @pytest.fixture
 def gateway(settings_env):
-    settings_env(WEBHOOK_SECRET=SECRET)
+    settings_env(WEBHOOK_SECRET=SECRET, WEBHOOK_CALLBACK_URL=CALLBACK)
     published: list[int] = []
-    running = ThreadedGateway(create_app(publish=lambda job_id: published.append(job_id) or True))
+    running = ThreadedGateway(
+        create_app(publish=lambda job_id: published.append(job_id) or True, broker=broker)
+    )
     running.published = published
     with httpx.Client(base_url=running.url, timeout=10) as client:
         running.client = client
@@ -218,7 +222,7 @@ def test_healthz_is_503_until_a_worker_consumes_and_a_sweep_ran_then_200_and_503
 def test_healthz_names_a_job_that_waits_too_long(gateway, settings_env):
     from zenthor.db import execute
 
-    settings_env(WEBHOOK_SECRET=SECRET, HEALTH_PENDING_MAX_AGE_S="60")
+    settings_env(WEBHOOK_SECRET=SECRET, WEBHOOK_CALLBACK_URL=CALLBACK, HEALTH_PENDING_MAX_AGE_S="60")
     post(gateway, valid())
     execute("UPDATE agent_job SET available_at = now() - interval '5 minutes'")
     checks = gateway.client.get("/healthz").json()["checks"]
@@ -238,7 +242,7 @@ def test_healthz_reports_a_stale_sweep(gateway, settings_env):
 def test_healthz_reports_an_unreachable_broker(settings_env):
     from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
-    settings_env(WEBHOOK_SECRET=SECRET)
+    settings_env(WEBHOOK_SECRET=SECRET, WEBHOOK_CALLBACK_URL=CALLBACK)
     dead = RabbitmqBroker(url="amqp://guest:guest@127.0.0.1:1/%2F", middleware=[])
     running = ThreadedGateway(create_app(publish=lambda _: True, broker=dead))
     try:
@@ -262,9 +266,9 @@ def test_metrics_expose_queue_gauges_and_event_counters(gateway):
 def test_gateway_refuses_to_start_without_a_secret(settings_env):
     from zenthor.settings import SettingsError
 
-    settings_env(WEBHOOK_SECRET="")
+    settings_env(WEBHOOK_SECRET="", WEBHOOK_CALLBACK_URL="")
     with pytest.raises(SettingsError, match="WEBHOOK_SECRET"):
-        create_app(publish=lambda _: True)
+        create_app(publish=lambda _: True, broker=broker)
 
 
 def test_healthz_and_metrics_report_each_whatsapp_account(gateway):

@@ -48,11 +48,18 @@ def test_settings_that_contradict_each_other_are_refused(named, env):
 
 @pytest.mark.parametrize(
     "command",
-    [["ops", "status"], ["ops", "status", "--json"], ["whatsapp", "status"], ["migrate"], ["ops", "retry-job", "1"]],
+    [
+        ["ops", "status"],
+        ["ops", "status", "--json"],
+        ["whatsapp", "status"],
+        ["migrate"],
+        ["ops", "retry-job", "1"],
+    ],
 )
 def test_a_command_with_postgres_unreachable_says_so_in_one_line(command):
     result = run(
-        [sys.executable, "-m", "zenthor.cli", *command], DATABASE_URL="postgresql://postgres@127.0.0.1:1/nowhere"
+        [sys.executable, "-m", "zenthor.cli", *command],
+        DATABASE_URL="postgresql://postgres@127.0.0.1:1/nowhere",
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -65,3 +72,22 @@ def test_a_missing_required_setting_is_named():
 
     with pytest.raises(SettingsError, match="missing setting WEBHOOK_SECRET"):
         get_settings().require("WEBHOOK_SECRET")
+
+
+@pytest.mark.parametrize(
+    ("missing", "env", "command"),
+    [
+        ("WEBHOOK_CALLBACK_URL", {"WEBHOOK_SECRET": "s"}, ["worker", "-p", "1", "-t", "1"]),
+        ("WEBHOOK_CALLBACK_URL", {"WEBHOOK_SECRET": "s"}, ["gateway"]),
+        ("WEBHOOK_SECRET", {"WEBHOOK_CALLBACK_URL": "http://127.0.0.1:9/replies"}, ["worker"]),
+    ],
+)
+def test_a_process_that_could_never_answer_a_channel_refuses_to_start(missing, env, command):
+    """A webhook channel half configured: the gateway would take messages that no worker could
+    answer, and a worker would retry each reply for minutes while later replies wait behind it."""
+    unset = {"WEBHOOK_SECRET": "", "WEBHOOK_CALLBACK_URL": ""}
+    result = run([sys.executable, "-m", "zenthor.cli", *command], **{**unset, **env})
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"zenthor: invalid settings: {missing} is required when"), lines[0]

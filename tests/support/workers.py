@@ -1,4 +1,5 @@
-"""Workers for tests: Dramatiq in this process, or real ``dramatiq zenthor.actors`` subprocesses."""
+"""Workers for tests: Dramatiq in this process, or real ``zenthor worker`` (``dramatiq zenthor.actors``)
+subprocesses."""
 
 from __future__ import annotations
 
@@ -29,10 +30,20 @@ class InProcessWorker:
 
     def stop(self) -> None:
         self.worker.stop(timeout=10_000)
+        detach(self.worker)
+
+
+def detach(worker: dramatiq.Worker) -> None:
+    """Take a stopped worker's hook off its broker. ``Worker.start`` adds a ``_WorkerMiddleware``
+    to the broker and ``stop`` leaves it there: the next worker on the same broker would log
+    "adding a middleware of the same type twice", and a queue declared later would get a consumer
+    on the stopped worker."""
+    worker.broker.middleware[:] = [m for m in worker.broker.middleware if getattr(m, "worker", None) is not worker]
 
 
 class WorkerProcess:
-    """A real ``dramatiq zenthor.actors`` process; its JSON log lines are kept for assertions."""
+    """A real ``zenthor worker`` process (Dramatiq's CLI on ``zenthor.actors``); its JSON log lines
+    are kept for assertions."""
 
     def __init__(
         self,
@@ -45,12 +56,13 @@ class WorkerProcess:
     ) -> None:
         self.name = name
         self.log_path = Path(tempfile.mkstemp(prefix=f"zenthor-{name}-", suffix=".log")[1])
-        full_env = {**os.environ, "WORKER_ID": name, **(env or {})}
+        # Metrics off unless a test asks (with a free port): many workers run at once here.
+        full_env = {**os.environ, "WORKER_ID": name, "WORKER_METRICS_PORT": "0", **(env or {})}
         command = [
             sys.executable,
             "-m",
-            "dramatiq",
-            "zenthor.actors",
+            "zenthor.cli",
+            "worker",  # dramatiq zenthor.actors, with our logging from the first line
             "-p",
             str(processes),
             "-t",

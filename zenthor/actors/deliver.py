@@ -14,6 +14,7 @@ for a channel that has one, none for channels whose owning process polls (termin
 from __future__ import annotations
 
 import logging
+import time
 
 import dramatiq
 
@@ -23,6 +24,7 @@ from zenthor.actors.sweep import register_step
 from zenthor.channels import DEFAULT_OUTBOUND_QUEUE, SendError, get_sender, load_builtin_senders, queue_for
 from zenthor.observability import emit
 from zenthor.observability import events as ev
+from zenthor.observability.metrics import DELIVERIES_TOTAL, DELIVERY_SECONDS, LEASE_LOSSES
 from zenthor.queue.outbox import (
     OutboundClaimRefused,
     OutboundLease,
@@ -41,7 +43,10 @@ load_builtin_senders()
 
 
 @dramatiq.actor(
-    actor_name=DELIVER_ACTOR, queue_name=DEFAULT_OUTBOUND_QUEUE, max_retries=10, retry_when=is_infrastructure_error
+    actor_name=DELIVER_ACTOR,
+    queue_name=DEFAULT_OUTBOUND_QUEUE,
+    max_retries=10,
+    retry_when=is_infrastructure_error,
 )
 def deliver(outbound_id: int) -> None:
     """Deliver outbox row ``outbound_id`` if this worker may take it now."""
@@ -55,21 +60,36 @@ def deliver_row(outbound_id: int) -> str:
     """Claim, send and mark one row; returns what happened (for logs and tests)."""
     lease = claim_outbound(outbound_id, worker_id())
     if isinstance(lease, OutboundClaimRefused):
+        # Not a delivery: a duplicate or early nudge (counted in zenthor_events_total).
         emit(ev.OUTBOUND_CLAIM_REFUSED, outbound_id=outbound_id, reason=lease.reason)
         return f"refused:{lease.reason}"
+    outcome = _send_claimed(lease)
+    DELIVERIES_TOTAL.labels(channel=lease.channel, outcome=outcome).inc()
+    if outcome == "lease_lost":
+        LEASE_LOSSES.labels(lease="outbound").inc()
+    return outcome
+
+
+def _send_claimed(lease: OutboundLease) -> str:
     sender = get_sender(lease.channel)
     if sender is None or sender.send is None:
-        emit(ev.OUTBOUND_NO_SENDER, outbound_id=outbound_id, channel=lease.channel)
+        emit(ev.OUTBOUND_NO_SENDER, outbound_id=lease.outbound_id, channel=lease.channel)
         return _after_failure(lease, f"no sender for channel {lease.channel!r} in this process", True)
+    failure: tuple[str, bool] | None = None
+    started = time.monotonic()
     try:
         sender.send(lease)
     except SendError as error:
-        return _after_failure(lease, str(error), error.retryable)
+        failure = (str(error), error.retryable)
     except Exception as error:  # noqa: BLE001 - a bug in a sender must not lose the row
         _logger.exception(
             "sender of channel %s raised", lease.channel, extra={"event": "outbound.sender_error"}
         )
-        return _after_failure(lease, f"{type(error).__name__}: {error}", True)
+        failure = (f"{type(error).__name__}: {error}", True)
+    # The send alone, not the database work after it.
+    DELIVERY_SECONDS.labels(channel=lease.channel).observe(time.monotonic() - started)
+    if failure is not None:
+        return _after_failure(lease, *failure)
     return finish_sent(lease)
 
 

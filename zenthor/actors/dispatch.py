@@ -21,7 +21,7 @@ from zenthor.agent.turn import TurnContext, TurnError, TurnResult, load_turn
 from zenthor.broker import lease_heartbeat
 from zenthor.observability import emit
 from zenthor.observability import events as ev
-from zenthor.observability.metrics import CLAIM_SECONDS, TURN_SECONDS
+from zenthor.observability.metrics import CLAIM_SECONDS, LEASE_LOSSES, TURN_SECONDS, TURNS_IN_PROGRESS
 from zenthor.queue import ClaimRefused, Lease, LeaseLost, claim, complete, fail, next_pending_job, release
 from zenthor.settings import get_settings, worker_id
 
@@ -97,6 +97,7 @@ def process_job(job_id: int) -> str:
             publish_dispatch(job_id, delay_ms=outcome.available_in_ms + 50)
         return f"refused:{outcome.reason}"
     lease_heartbeat.hold(outcome)
+    TURNS_IN_PROGRESS.inc()
     try:
         if lease_heartbeat.stopping:
             # The shutdown began between the check above and the claim, after the heartbeat
@@ -106,6 +107,7 @@ def process_job(job_id: int) -> str:
             return "released"
         return _run_claimed(outcome, started)
     finally:
+        TURNS_IN_PROGRESS.dec()
         lease_heartbeat.drop()
 
 
@@ -119,6 +121,7 @@ def _run_claimed(lease: Lease, started: float) -> str:
     except LeaseLost:
         # Another worker owns the job now; we wrote nothing and must not touch it (the event was
         # emitted when the lease was found lost).
+        LEASE_LOSSES.labels(lease="agent_job").inc()
         return "lease_lost"
     except Shutdown:
         # Warm shutdown: give the job back at once so another worker takes it without waiting.
@@ -174,6 +177,7 @@ def _fail(lease: Lease, error: TurnError) -> str:
             lease, reason=error.reason, message=str(error), retry=error.retryable, on_final=failure_reply
         )
     except LeaseLost:
+        LEASE_LOSSES.labels(lease="agent_job").inc()
         return "lease_lost"
     except INFRASTRUCTURE_ERRORS as db_error:
         emit(ev.DATABASE_UNAVAILABLE, operation="fail", job_id=lease.job_id, error=str(db_error)[:200])

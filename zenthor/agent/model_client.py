@@ -21,6 +21,7 @@ import openai
 from zenthor.agent.errors import OPERATOR_KINDS, ModelError, classify
 from zenthor.observability import emit
 from zenthor.observability import events as ev
+from zenthor.observability.metrics import MODEL_CALL_SECONDS
 
 Checkpoint = Callable[[str], None]
 
@@ -194,10 +195,15 @@ class ModelClient:
         attempts = self.config.attempts
         for attempt in range(1, attempts + 1):
             checkpoint("model_call")
+            started = time.monotonic()
             try:
-                return self._call_once(model, messages, tools)
+                reply = self._call_once(model, messages, tools)
             except Exception as raw:  # noqa: BLE001 - every failure is classified below
                 error = classify(raw, model)
+            else:
+                MODEL_CALL_SECONDS.labels(model=model, outcome="ok").observe(time.monotonic() - started)
+                return reply
+            MODEL_CALL_SECONDS.labels(model=model, outcome=error.kind).observe(time.monotonic() - started)
             delay_s = self._delay_s(error, attempt) if attempt < attempts and error.retryable else None
             emit(
                 ev.MODEL_CALL_FAILED,

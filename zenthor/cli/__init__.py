@@ -11,6 +11,7 @@ from zenthor.cli.ops import ops
 from zenthor.cli.plugins import plugins
 from zenthor.cli.replay import replay_command
 from zenthor.cli.whatsapp import whatsapp
+from zenthor.cli.worker import scheduler_command, worker_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -25,6 +26,8 @@ cli.add_command(gateway_command)
 cli.add_command(chat_command)
 cli.add_command(replay_command)
 cli.add_command(whatsapp)
+cli.add_command(worker_command)
+cli.add_command(scheduler_command)
 
 
 def main() -> None:

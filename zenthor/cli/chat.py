@@ -16,7 +16,8 @@ from zenthor.cli.common import bootstrap
 @click.option("--name", "sender_name", default=None, help="Your display name.")
 def chat_command(account_id: str, chat_id: str | None, sender_name: str | None) -> None:
     """Type a message and press Enter; replies appear as they come. /quit or Ctrl-D ends."""
-    bootstrap("chat")
+    # Warnings only, and for people: a log line must not split the conversation on screen.
+    bootstrap("chat", log_level="WARNING")
     import zenthor.actors  # noqa: F401 - declares the actors, so accept can publish dispatch
     from zenthor.channels.terminal.chat import TerminalChat
 

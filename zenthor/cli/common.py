@@ -7,18 +7,25 @@ import sys
 from zenthor.settings import Settings, settings_or_exit
 
 
-def bootstrap(service: str = "cli", *, require_database: bool = True) -> Settings:
+def bootstrap(
+    service: str = "cli",
+    *,
+    require_database: bool = True,
+    long_running: bool = False,
+    log_level: str | None = None,
+) -> Settings:
     """Load settings (exit with one line naming a bad variable), set up logging and the DB.
 
     With ``require_database`` an unreachable Postgres ends the command with one line naming it
     and exit status 2 (no traceback); a long-running process that waits for the database itself
-    passes False.
+    passes False. A command a person runs logs for people when stderr is a terminal; a
+    ``long_running`` one (gateway, WhatsApp runtime) always logs in ``LOG_FORMAT``.
     """
     settings = settings_or_exit()
     from zenthor.db import connect_kwargs, database, init_database
     from zenthor.observability import configure_logging
 
-    configure_logging(service)
+    configure_logging(service, interactive=not long_running, level=log_level)
     init_database()
     if require_database:
         try:

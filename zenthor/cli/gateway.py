@@ -1,10 +1,26 @@
-"""``zenthor gateway``: the HTTP webhook ingress with /healthz and /metrics."""
+"""``zenthor gateway``: the HTTP webhook ingress with /healthz and /metrics.
+
+The command wires the gateway to this process's broker (the channel module imports no actor):
+:func:`build_app` is also the factory each uvicorn process calls with ``--workers`` > 1.
+"""
 
 from __future__ import annotations
 
 import click
+from starlette.applications import Starlette
 
 from zenthor.cli.common import bootstrap
+
+
+def build_app() -> Starlette:
+    """The gateway application on the real broker, in a process set up for it."""
+    bootstrap("gateway", require_database=False, long_running=True)
+    import zenthor.actors  # noqa: F401 - declares the actors on the broker, so publishing works
+    from zenthor.actors.publish import publish_dispatch
+    from zenthor.broker import broker
+    from zenthor.channels.webhook.gateway import create_app
+
+    return create_app(publish=publish_dispatch, broker=broker)
 
 
 @click.command("gateway")
@@ -15,9 +31,16 @@ from zenthor.cli.common import bootstrap
 )
 def gateway_command(host: str | None, port: int | None, workers: int) -> None:
     """Serve POST /v1/webhook/{account_id}/messages, GET /healthz and GET /metrics."""
-    settings = bootstrap("gateway")
+    settings = bootstrap("gateway", long_running=True)
     if not settings.WEBHOOK_SECRET:
         raise click.ClickException("missing setting WEBHOOK_SECRET: the gateway refuses unsigned traffic")
-    from zenthor.channels.webhook.gateway import serve
+    import uvicorn
 
-    serve(host or settings.GATEWAY_HOST, port or settings.GATEWAY_PORT, workers=workers)
+    where = {"host": host or settings.GATEWAY_HOST, "port": port or settings.GATEWAY_PORT}
+    # log_config=None: uvicorn's lines go through the root handler (JSON with LOG_FORMAT=json).
+    if workers > 1:
+        uvicorn.run(
+            f"{__name__}:build_app", factory=True, workers=workers, log_config=None, access_log=False, **where
+        )
+    else:
+        uvicorn.run(build_app(), log_config=None, access_log=False, **where)

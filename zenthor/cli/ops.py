@@ -61,7 +61,7 @@ def status(as_json: bool) -> None:
         click.echo(f"{account['channel']} {account['account_id']}: {account['state']}, owner {owner}")
     sweep = snapshot["last_sweep"]
     if sweep is None or sweep["finished_at"] is None:
-        click.echo("last sweep:  never (is `periodiq zenthor.actors` running?)")
+        click.echo("last sweep:  never (is `zenthor scheduler` running?)")
     else:
         click.echo(
             f"last sweep:  {sweep['finished_at']} ({sweep['age_s']}s ago, {sweep['trigger']}) {sweep['result']}"

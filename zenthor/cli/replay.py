@@ -11,7 +11,7 @@ from zenthor.cli.common import bootstrap
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 def replay_command(path: str) -> None:
     """Accept every inbound in PATH (one JSON object per line) and print the counts."""
-    bootstrap("replay")
+    bootstrap("replay", log_level="WARNING")  # the summary below is the output, not a line per message
     import zenthor.actors  # noqa: F401 - declares the actors, so accept can publish dispatch
     from zenthor.ingress.replay import replay_lines
 

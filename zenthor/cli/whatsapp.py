@@ -76,7 +76,9 @@ def _factory_or_exit(settings: Settings, account_id: str):
 @click.option("--account", "account_id", default=None, help="Account id (default: WHATSAPP_ACCOUNT_ID).")
 def run_command(account_id: str | None) -> None:
     """Own the account (or wait as its standby) until SIGTERM."""
-    settings = bootstrap("whatsapp", require_database=False)  # it waits for Postgres as standby
+    settings = bootstrap(
+        "whatsapp", require_database=False, long_running=True
+    )  # waits for Postgres as standby
     account_id = account_id or settings.WHATSAPP_ACCOUNT_ID
     factory = _factory_or_exit(settings, account_id)
     import zenthor.actors  # noqa: F401 - declares the actors, so accept() can publish dispatch
@@ -159,7 +161,9 @@ def status_command(account_id: str | None, as_json: bool) -> None:
     for a in accounts:
         owner = f"{a['owner_id']} (lease {a['expires_in_s']}s left)" if a["lease_held"] else "nobody"
         click.echo(f"account {a['account_id']}: {a['state']}  owner: {owner}  term {a['lease_term']}")
-        click.echo(f"  auth: {a['auth_mode']}  jid: {a['device_jid'] or '-'}  client: {a['client_version'] or '-'}")
+        click.echo(
+            f"  auth: {a['auth_mode']}  jid: {a['device_jid'] or '-'}  client: {a['client_version'] or '-'}"
+        )
         click.echo(
             f"  last inbound: {_age(a['last_inbound_age_s'])}  last outbound: {_age(a['last_outbound_age_s'])}"
         )

@@ -14,7 +14,14 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 STATES = (
-    "standby", "connecting", "connected", "disconnected", "replaced", "logged_out", "banned", "outdated",
+    "standby",
+    "connecting",
+    "connected",
+    "disconnected",
+    "replaced",
+    "logged_out",
+    "banned",
+    "outdated",
 )
 
 
@@ -62,7 +69,6 @@ class AccountsCollector(Collector):
             limited.add_metric([name], float(account["rate_limited_total"]))
             resends.add_metric([name], float(account["resends_total"]))
         yield from (state, held, inbound, outbound, limited, resends)
-
 
 
 def _age(seconds: float | None) -> float:

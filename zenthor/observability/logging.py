@@ -1,18 +1,28 @@
 """JSON (or console) logging for every Zenthor process.
 
-Each line carries ``service`` and ``worker_id`` so logs from many workers can be told apart.
+Each line carries ``service`` and ``worker_id`` so logs from many workers can be told apart. With
+``LOG_FORMAT=json`` every line is one JSON object: ours, Dramatiq's, periodiq's and pika's alike,
+because they all go through the one root handler installed here.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from pythonjsonlogger.json import JsonFormatter
 
 from zenthor.settings import worker_id
 
-_configured = False
+# The process that installed the handler: a forked child (a Dramatiq worker process) installs its
+# own, on the stderr Dramatiq gave it, instead of writing through the parent's.
+_configured_pid: int | None = None
+# The service name last installed: a forked child that re-installs the handler keeps it.
+_service: str | None = None
+
+# Record attributes that describe a line rather than carry one of its fields.
+SAID_FIELDS = "said_fields"
 
 
 class _ContextFilter(logging.Filter):
@@ -33,45 +43,74 @@ class _ContextFilter(logging.Filter):
 
 
 class _ConsoleFormatter(logging.Formatter):
-    """``time level event key=value …`` for people reading a terminal."""
+    """``time level event message key=value …`` for people reading a terminal; a field the message
+    already says is not repeated."""
 
-    _skip = set(logging.makeLogRecord({}).__dict__) | {"message", "service", "worker_id", "event", "asctime"}
+    _skip = set(logging.makeLogRecord({}).__dict__) | {
+        "message",
+        "service",
+        "worker_id",
+        "event",
+        "asctime",
+        SAID_FIELDS,
+    }
 
     def format(self, record: logging.LogRecord) -> str:
-        if getattr(record, "event", None) == record.getMessage():
-            # A typed event's message is its name: print it once.
-            record = logging.makeLogRecord({**record.__dict__, "msg": "", "args": None})
         base = super().format(record)
-        extras = " ".join(f"{k}={v}" for k, v in record.__dict__.items() if k not in self._skip)
+        said = getattr(record, SAID_FIELDS, ())
+        extras = " ".join(
+            f"{k}={v}" for k, v in record.__dict__.items() if k not in self._skip and k not in said
+        )
         return f"{base} {extras}".rstrip()
 
 
-def configure_logging(service: str | None = None, *, force: bool = False) -> None:
-    """Install the root handler once per process, in the format the settings ask for."""
-    global _configured
-    if _configured and not force:
+def _json_formatter() -> logging.Formatter:
+    return JsonFormatter(
+        "%(asctime)s %(levelname)s %(name)s %(event)s %(message)s",
+        rename_fields={"asctime": "ts", "levelname": "level", "name": "logger"},
+        reserved_attrs=[*JsonFormatter().reserved_attrs, SAID_FIELDS],
+        timestamp=False,
+    )
+
+
+def configure_logging(
+    service: str | None = None,
+    *,
+    force: bool = False,
+    interactive: bool = False,
+    level: str | int | None = None,
+) -> None:
+    """Install the root handler once per process, in the format the settings ask for.
+
+    Every line's ``service`` is ``SERVICE_NAME`` when set, else ``service`` (the command's name:
+    worker, scheduler, gateway, whatsapp, ops, …).
+
+    ``interactive`` is for commands a person runs: their log lines use the console format when
+    stderr is a terminal (``LOG_FORMAT`` still decides when it is a file or a pipe). ``level``
+    overrides ``LOG_LEVEL`` (``zenthor chat`` shows only warnings, so no line splits a reply).
+    """
+    global _configured_pid, _service
+    if _configured_pid == os.getpid() and not force:
         return
     from zenthor.settings import get_settings
 
     settings = get_settings()
+    _service = settings.SERVICE_NAME or service or _service or "zenthor"
     handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(_ContextFilter(service or settings.SERVICE_NAME))
-    if settings.LOG_FORMAT == "json":
-        handler.setFormatter(
-            JsonFormatter(
-                "%(asctime)s %(levelname)s %(name)s %(event)s %(message)s",
-                rename_fields={"asctime": "ts", "levelname": "level", "name": "logger"},
-                timestamp=False,
-            )
-        )
-    else:
+    handler.addFilter(_ContextFilter(_service))
+    console = settings.LOG_FORMAT == "console" or (interactive and sys.stderr.isatty())
+    if console:
         handler.setFormatter(_ConsoleFormatter("%(asctime)s %(levelname)-7s %(event)s %(message)s"))
+    else:
+        handler.setFormatter(_json_formatter())
+    # The handler keeps the level too: periodiq resets the root logger's level from its -v.
+    handler.setLevel(level or settings.LOG_LEVEL)
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(settings.LOG_LEVEL)
+    root.setLevel(level or settings.LOG_LEVEL)
     # pika is chatty at INFO about every connection step.
     logging.getLogger("pika").setLevel(logging.WARNING)
-    _configured = True
+    _configured_pid = os.getpid()
 
 
 def get_logger(name: str) -> logging.Logger:

@@ -53,7 +53,7 @@ def health_checks(broker: Any, *, sweep_max_age_s: int, pending_max_age_s: int) 
         checks["dispatch_consumers"] = (
             "ok"
             if consumers > 0
-            else "none: no worker consumes the dispatch queue (is `dramatiq zenthor.actors` running?)"
+            else "none: no worker consumes the dispatch queue (is `zenthor worker` running?)"
         )
     except Exception as error:  # noqa: BLE001
         checks["rabbitmq"] = _why(error)
@@ -67,7 +67,7 @@ def health_checks(broker: Any, *, sweep_max_age_s: int, pending_max_age_s: int) 
             else f"the oldest pending job has waited {float(oldest):.0f}s (over {pending_max_age_s}s)"
         )
         if last_sweep is None:
-            checks["sweep"] = "never ran (is `periodiq zenthor.actors` running?)"
+            checks["sweep"] = "never ran (is `zenthor scheduler` running?)"
         else:
             age = (datetime.now(UTC) - last_sweep).total_seconds()
             checks["sweep"] = "ok" if age <= sweep_max_age_s else f"stale: last finished {age:.0f}s ago"

@@ -6,18 +6,54 @@ from typing import Any
 
 from zenthor.db import execute
 
+# Every count names one open status, so each reads only that status's index entries however
+# many done jobs and sent rows the tables keep (the plan is checked in
+# tests/queue/test_worker_metrics.py): jobs pending ▸ agent_job_pending_available_at, processing ▸
+# agent_job_processing_locked_until, awaiting_approval ▸ agent_job_open_fifo (all partial); outbox
+# pending ▸ outbound_message_status_channel_account (a range on its leading status column) or
+# outbound_message_pending_available_at, sending ▸ outbound_message_sending_locked_until.
+# One statement: one round trip per scrape.
+_QUEUE_DEPTH = """
+SELECT
+    (SELECT count(*) FROM agent_job WHERE status = 'pending'),
+    (SELECT count(*) FROM agent_job WHERE status = 'processing'),
+    (SELECT count(*) FROM agent_job WHERE status = 'awaiting_approval'),
+    (SELECT count(*) FROM agent_job WHERE status = 'processing' AND locked_until < now()),
+    (SELECT extract(epoch FROM now() - min(created_at)) FROM agent_job WHERE status = 'pending'),
+    (SELECT count(*) FROM outbound_message WHERE status = 'pending'),
+    (SELECT count(*) FROM outbound_message WHERE status = 'sending'),
+    (SELECT extract(epoch FROM now() - last_finished_at) FROM sweep_state WHERE name = 'sweep')
+"""
+
+
+def queue_depth() -> dict[str, Any]:
+    """Open rows only, cheap enough for every scrape: jobs and outbox rows per open status,
+    expired leases, the oldest pending job's age and the last sweep's age (seconds, or None)."""
+    row = execute(_QUEUE_DEPTH)[0]
+    pending, processing, awaiting, expired, oldest_s, out_pending, out_sending, sweep_age_s = row
+    return {
+        "jobs": {"pending": pending, "processing": processing, "awaiting_approval": awaiting},
+        "outbox": {"pending": out_pending, "sending": out_sending},
+        "expired_leases": expired,
+        "oldest_pending_age_s": round(float(oldest_s), 1) if oldest_s is not None else None,
+        "last_sweep_age_s": round(float(sweep_age_s), 1) if sweep_age_s is not None else None,
+    }
+
 
 def queue_snapshot() -> dict[str, Any]:
-    """Jobs per status, oldest pending age, expired leases, busy conversations, last sweep."""
-    by_status = {status: 0 for status in ("pending", "processing", "awaiting_approval", "done", "failed")}
-    for status, count in execute("SELECT status, count(*) FROM agent_job GROUP BY status"):
+    """Jobs per status, oldest pending age, expired leases, busy conversations, last sweep.
+
+    For ``zenthor ops status``, run by hand: on top of :func:`queue_depth` it counts finished
+    jobs and outbox rows, which reads the whole tables (``/metrics`` uses :func:`queue_depth`).
+    """
+    depth = queue_depth()
+    by_status = {**depth["jobs"], "done": 0, "failed": 0}
+    for status, count in execute(
+        "SELECT status, count(*) FROM agent_job WHERE status IN ('done', 'failed') GROUP BY status"
+    ):
         by_status[status] = count
-    (oldest_pending_s,) = execute(
-        "SELECT extract(epoch FROM now() - min(created_at)) FROM agent_job WHERE status = 'pending'"
-    )[0]
-    (expired,) = execute(
-        "SELECT count(*) FROM agent_job WHERE status = 'processing' AND locked_until < now()"
-    )[0]
+    oldest_pending_s = depth["oldest_pending_age_s"]
+    expired = depth["expired_leases"]
     (duplicates,) = execute(
         "SELECT count(*) FROM (SELECT conversation_id FROM agent_job WHERE status = 'processing' "
         "GROUP BY conversation_id HAVING count(*) > 1) AS busy"
@@ -33,13 +69,14 @@ def queue_snapshot() -> dict[str, Any]:
         "SELECT last_started_at, last_finished_at, last_trigger, last_result, "
         "extract(epoch FROM now() - last_finished_at) FROM sweep_state WHERE name = 'sweep'"
     )
-    outbox = {
-        status: count
-        for status, count in execute("SELECT status, count(*) FROM outbound_message GROUP BY status")
-    }
+    outbox = {status: count for status, count in depth["outbox"].items() if count}
+    for status, count in execute(
+        "SELECT status, count(*) FROM outbound_message WHERE status IN ('sent', 'failed') GROUP BY status"
+    ):
+        outbox[status] = count
     return {
         "jobs": by_status,
-        "oldest_pending_age_s": round(float(oldest_pending_s), 1) if oldest_pending_s is not None else None,
+        "oldest_pending_age_s": oldest_pending_s,
         "expired_leases": expired,
         "processing_conversations": by_status["processing"],
         "conversations_with_two_processing": duplicates,

@@ -10,7 +10,7 @@ caller retries.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,6 +33,7 @@ from zenthor.observability import events as ev
 from zenthor.observability.channel_metrics import AccountsCollector
 from zenthor.queue.channel_leases import accounts_snapshot
 from zenthor.queue.health import health_checks
+from zenthor.queue.stats import queue_depth
 from zenthor.settings import Settings, get_settings
 
 MAX_BODY_BYTES = 64 * 1024
@@ -48,19 +49,13 @@ class _TooLarge(Exception):
 def create_app(
     settings: Settings | None = None,
     *,
-    publish: Callable[[int], object] | None = None,
-    broker: Any = None,
+    publish: Callable[[int], object],
+    broker: Any,
 ) -> Starlette:
-    """The gateway application. ``publish`` and ``broker`` default to the real RabbitMQ ones."""
+    """The gateway application: ``publish`` nudges dispatch for an accepted job, ``broker`` is
+    asked for the dispatch queue's consumers by /healthz (the command passes the real ones)."""
     settings = settings or get_settings()
     settings.require("WEBHOOK_SECRET")
-    if publish is None or broker is None:
-        import zenthor.actors  # noqa: F401 - declares the actors on the broker
-        from zenthor.actors.publish import publish_dispatch
-        from zenthor.broker import broker as default_broker
-
-        publish = publish or publish_dispatch
-        broker = broker or default_broker
     secret = settings.WEBHOOK_SECRET
     queue_registry = CollectorRegistry(auto_describe=False)
     queue_registry.register(_QueueCollector())
@@ -111,6 +106,8 @@ def create_app(
         )
 
     async def metrics(request: Request) -> Response:
+        # The default registry holds this process's zenthor_events_total (and the process
+        # collectors); worker-only metrics are in metrics.WORKER_REGISTRY, served by the workers.
         def render() -> bytes:
             with database.connection_context():
                 return generate_latest(REGISTRY) + generate_latest(queue_registry)
@@ -185,49 +182,36 @@ def channel_account_health() -> dict[str, str]:
 
 
 class _QueueCollector:
-    """Queue gauges read from Postgres at scrape time (right however many workers run)."""
+    """Queue gauges read from Postgres at scrape time (right however many workers run).
 
-    def collect(self):
-        from zenthor.queue.stats import queue_snapshot
+    Open rows only (:func:`~zenthor.queue.stats.queue_depth` counts through the partial indexes):
+    finished jobs and sent rows are not gauged, since counting them reads the whole tables at
+    every scrape; their rates are the workers' ``zenthor_events_total`` and
+    ``zenthor_deliveries_total``.
+    """
 
-        snapshot = queue_snapshot()
-        jobs = GaugeMetricFamily("zenthor_jobs", "agent_job rows by status", labels=["status"])
-        for status, count in snapshot["jobs"].items():
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        depth = queue_depth()
+        jobs = GaugeMetricFamily("zenthor_jobs", "open agent_job rows by status", labels=["status"])
+        for status, count in depth["jobs"].items():
             jobs.add_metric([status], count)
         yield jobs
-        outbox = GaugeMetricFamily("zenthor_outbox", "outbound_message rows by status", labels=["status"])
-        for status in ("pending", "sending", "sent", "failed"):
-            outbox.add_metric([status], snapshot["outbox"].get(status, 0))
+        outbox = GaugeMetricFamily(
+            "zenthor_outbox", "unsent outbound_message rows by status", labels=["status"]
+        )
+        for status, count in depth["outbox"].items():
+            outbox.add_metric([status], count)
         yield outbox
         yield GaugeMetricFamily(
-            "zenthor_expired_leases", "processing jobs whose lease expired", value=snapshot["expired_leases"]
+            "zenthor_expired_leases", "processing jobs whose lease expired", value=depth["expired_leases"]
         )
-        age = snapshot["oldest_pending_age_s"]
+        age = depth["oldest_pending_age_s"]
         yield GaugeMetricFamily(
-            "zenthor_oldest_pending_age_seconds", "age of the oldest pending job", value=age or 0.0
+            "zenthor_oldest_pending_age_seconds", "age of the oldest pending job (0: none)", value=age or 0.0
         )
-        sweep = snapshot["last_sweep"]
-        sweep_age = sweep["age_s"] if sweep and sweep["age_s"] is not None else -1
+        sweep_age = depth["last_sweep_age_s"]
         yield GaugeMetricFamily(
             "zenthor_last_sweep_age_seconds",
             "seconds since the last sweep finished (-1: never)",
-            value=sweep_age,
+            value=-1 if sweep_age is None else sweep_age,
         )
-
-
-def serve(host: str, port: int, *, workers: int = 1) -> None:
-    """Run the gateway with uvicorn until interrupted."""
-    import uvicorn
-
-    if workers > 1:
-        uvicorn.run(
-            "zenthor.channels.webhook.gateway:create_app",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            log_config=None,
-            access_log=False,
-        )
-    else:
-        uvicorn.run(create_app(), host=host, port=port, log_config=None, access_log=False)
