@@ -25,6 +25,7 @@ from zenthor.actors.publish import publish_dispatch  # noqa: E402
 from zenthor.actors.sweep import sweep, sweep_if_overdue, sweep_recheck  # noqa: E402
 from zenthor.ingress import set_default_publisher  # noqa: E402
 from zenthor.middleware.boot_sweep import KickSweepOnBoot  # noqa: E402
+from zenthor.middleware.broker_recovery import FastBrokerRecovery  # noqa: E402
 
 # A lease released at warm shutdown is re-published at once so another worker takes it.
 lease_heartbeat.on_released = hand_over
@@ -35,5 +36,7 @@ lease_heartbeat.on_tick = sweep_if_overdue
 set_default_publisher(publish_dispatch)
 # A worker that starts kicks the sweep, so recovery never waits for the next periodiq tick.
 broker.add_middleware(KickSweepOnBoot(lambda: sweep_recheck.send("boot")))
+# Once RabbitMQ is back, consumers reconnect and blocked acks give up within a second, not 3-8 s.
+broker.add_middleware(FastBrokerRecovery())
 
 __all__ = ["broker", "dispatch", "sweep", "sweep_recheck"]

@@ -22,7 +22,17 @@ from zenthor.broker import lease_heartbeat
 from zenthor.observability import emit
 from zenthor.observability import events as ev
 from zenthor.observability.metrics import CLAIM_SECONDS, LEASE_LOSSES, TURN_SECONDS, TURNS_IN_PROGRESS
-from zenthor.queue import ClaimRefused, Lease, LeaseLost, claim, complete, fail, next_pending_job, release
+from zenthor.queue import (
+    ClaimRefused,
+    Lease,
+    LeaseLost,
+    claim,
+    complete,
+    fail,
+    next_pending_job,
+    release,
+    release_after_lost_session,
+)
 from zenthor.settings import get_settings, worker_id
 
 # A job handed over at shutdown is re-published with this delay: a delayed message that the
@@ -129,8 +139,11 @@ def _run_claimed(lease: Lease, started: float) -> str:
             hand_over(lease.job_id)
         return "released"
     except INFRASTRUCTURE_ERRORS as error:
-        # The lease stays ours until it expires; the sweep then requeues the job.
         emit(ev.DATABASE_UNAVAILABLE, operation="turn", job_id=lease.job_id, error=str(error)[:200])
+        # A cut session (Postgres restarted): give the job back now, on a fresh connection, and
+        # nudge it. Otherwise the lease stays ours until it expires; the sweep then requeues it.
+        if release_after_lost_session(lease):
+            publish_dispatch(lease.job_id)
         return "database_unavailable"
     except TimeLimitExceeded:
         return _fail(lease, TurnError("time_limit", "the turn exceeded its time limit"))

@@ -177,7 +177,7 @@ PUBLISH_FAILED = event(
     "job_id",
     "error",
     level=logging.WARNING,
-    says="could not nudge {actor} for job {job_id} (the sweep will): {error}",
+    says="could not nudge {actor} for job {job_id} (owed: re-sent when the broker is back): {error}",
 )
 OWED_NUDGES_REPUBLISHED = event(
     "queue.publish.owed_republished",
@@ -767,7 +767,7 @@ OUTBOUND_PUBLISH_FAILED = event(
     "queue",
     "error",
     level=logging.WARNING,
-    says="could not nudge delivery of reply {outbound_id} on {queue} (the sweep will): {error}",
+    says="could not nudge delivery of reply {outbound_id} on {queue} (owed: re-sent when the broker is back): {error}",
 )
 OUTBOUND_LEASE_LOST = event(
     "outbound.lease_lost",

@@ -15,15 +15,17 @@ even when two claims race past that check.
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
-from peewee import IntegrityError
+from peewee import IntegrityError, InterfaceError, OperationalError
 from psycopg2.extras import Json
 
 from zenthor.db import database, execute
@@ -266,6 +268,60 @@ def _settings():
     return get_settings()
 
 
+# How long a fenced write that found its session gone is retried on fresh connections: long
+# enough for a Postgres restart, far shorter than a lease.
+RECONNECT_BUDGET_S = 15.0
+
+
+def _session_lost() -> bool:
+    """True when this thread has no live database session: it was cut (Postgres restarted, an
+    operator or a failover terminated it) or none could be opened. A statement that failed on a
+    live session (deadlock, timeout) leaves it open."""
+    conn = getattr(getattr(database.obj, "_state", None), "conn", None)
+    return conn is None or bool(conn.closed)
+
+
+def _drop_session() -> None:
+    try:
+        database.obj.manual_close()  # not back to the pool: it is dead
+    except Exception:  # noqa: BLE001 - a dead session refusing a clean close
+        pass
+
+
+def on_live_session(
+    write: Callable[[], T], *, operation: str, job_id: int | None = None, budget_s: float = RECONNECT_BUDGET_S
+) -> T:
+    """Run ``write`` (one fenced statement or one transaction); when it fails because this
+    thread's session is gone, run it again on a fresh connection, with backoff, for up to
+    ``budget_s``.
+
+    A thread keeps its pooled connection between messages, so after a Postgres restart the first
+    statement of every thread fails. For a claim that only costs a Dramatiq retry, but a turn that
+    failed to complete would keep its lease, unrenewed, until the lease expired. Only for writes
+    fenced by a lease token, outside any transaction: if the lost attempt did commit, the retry
+    matches nothing and reports the lease lost, so nothing is written twice.
+    """
+    deadline = time.monotonic() + budget_s
+    delay = 0.0
+    while True:
+        try:
+            return write()
+        except (OperationalError, InterfaceError) as error:
+            if database.in_transaction() or not _session_lost() or time.monotonic() + delay > deadline:
+                raise
+            if delay == 0.0:
+                emit(
+                    ev.DATABASE_UNAVAILABLE,
+                    _level=logging.WARNING,
+                    operation=operation,
+                    job_id=job_id,
+                    error=f"session lost, retrying on a fresh connection: {str(error)[:160]}",
+                )
+            _drop_session()
+            time.sleep(delay)
+            delay = min(max(delay * 2, 0.1), 2.0)
+
+
 def enqueue_job(
     conversation_id: int,
     message_id: int | None,
@@ -389,20 +445,24 @@ def complete(lease: Lease, *, status: str = "done", write: Callable[[Lease], T] 
     """Finish the job and run ``write`` (the turn's messages and outbox rows) in one transaction.
 
     ``status`` is ``done`` or ``awaiting_approval`` (the turn waits for the user; the lease ends
-    either way). Raises :class:`LeaseLost`, writing nothing, when the token is stale.
+    either way). Raises :class:`LeaseLost`, writing nothing, when the token is stale. A session
+    cut under it (Postgres restarted) is retried on a fresh connection (:func:`on_live_session`).
     """
     if status not in ("done", "awaiting_approval"):
         raise ValueError(f"complete() takes status done or awaiting_approval, not {status!r}")
     lease.check("complete")
     lease.finishing = True
-    with database.atomic():
-        # The fenced update comes first: it locks the row, so a concurrent takeover waits for us
-        # and then finds the job finished.
-        if not execute(_COMPLETE, {"job_id": lease.job_id, "token": lease.token, "status": status}):
-            lease.mark_lost("complete")
-            raise LeaseLost(lease.job_id, "complete")
-        result = write(lease) if write is not None else None
-    return result
+
+    def complete_once() -> T | None:
+        with database.atomic():
+            # The fenced update comes first: it locks the row, so a concurrent takeover waits for
+            # us and then finds the job finished.
+            if not execute(_COMPLETE, {"job_id": lease.job_id, "token": lease.token, "status": status}):
+                lease.mark_lost("complete")
+                raise LeaseLost(lease.job_id, "complete")
+            return write(lease) if write is not None else None
+
+    return on_live_session(complete_once, operation="complete", job_id=lease.job_id)
 
 
 def retry_delay_ms(attempts: int) -> int:
@@ -424,38 +484,46 @@ def fail(
 
     With ``retry=False`` or on the last attempt the job becomes ``failed`` and ``on_final`` (the
     user's failure reply) runs in the same transaction. Raises :class:`LeaseLost` when stale.
+    A session cut under it is retried on a fresh connection, like :func:`complete`.
     """
     params = {"job_id": lease.job_id, "token": lease.token, "reason": reason, "message": message[:2000]}
     lease.finishing = True
-    with database.atomic():
-        if retry and not lease.is_last_attempt:
-            params["delay_ms"] = retry_delay_ms(lease.attempt)
-            rows = execute(_RETRY, params)
-            if rows:
-                emit(
-                    ev.JOB_RETRY_SCHEDULED,
-                    job_id=lease.job_id,
-                    conversation_id=lease.conversation_id,
-                    attempts=rows[0][0],
-                    delay_ms=params["delay_ms"],
-                    error_reason=reason,
-                )
-                return FailOutcome(final=False, attempts=rows[0][0], delay_ms=params["delay_ms"])
-        rows = execute(_FAIL, params)
-        if not rows:
-            lease.mark_lost("fail")
-            raise LeaseLost(lease.job_id, "fail")
-        if on_final is not None:
-            on_final(lease)
-    emit(
-        ev.JOB_FAILED,
-        job_id=lease.job_id,
-        conversation_id=lease.conversation_id,
-        attempts=rows[0][0],
-        error_reason=reason,
-        error_message=message[:200],
-    )
-    return FailOutcome(final=True, attempts=rows[0][0])
+
+    def fail_once() -> FailOutcome:
+        with database.atomic():
+            if retry and not lease.is_last_attempt:
+                params["delay_ms"] = retry_delay_ms(lease.attempt)
+                rows = execute(_RETRY, params)
+                if rows:
+                    return FailOutcome(final=False, attempts=rows[0][0], delay_ms=params["delay_ms"])
+            rows = execute(_FAIL, params)
+            if not rows:
+                lease.mark_lost("fail")
+                raise LeaseLost(lease.job_id, "fail")
+            if on_final is not None:
+                on_final(lease)
+            return FailOutcome(final=True, attempts=rows[0][0])
+
+    outcome = on_live_session(fail_once, operation="fail", job_id=lease.job_id)
+    if outcome.final:
+        emit(
+            ev.JOB_FAILED,
+            job_id=lease.job_id,
+            conversation_id=lease.conversation_id,
+            attempts=outcome.attempts,
+            error_reason=reason,
+            error_message=message[:200],
+        )
+    else:
+        emit(
+            ev.JOB_RETRY_SCHEDULED,
+            job_id=lease.job_id,
+            conversation_id=lease.conversation_id,
+            attempts=outcome.attempts,
+            delay_ms=outcome.delay_ms,
+            error_reason=reason,
+        )
+    return outcome
 
 
 def release(lease: Lease, *, reason: str) -> bool:
@@ -469,6 +537,23 @@ def release(lease: Lease, *, reason: str) -> bool:
         lease._lost.set()
         emit(ev.JOB_RELEASED, job_id=lease.job_id, conversation_id=lease.conversation_id, reason=reason)
     return released
+
+
+def release_after_lost_session(lease: Lease) -> bool:
+    """Give the job back at once after its turn failed because this thread's session was cut
+    (Postgres restarted, or the session was terminated): released on a fresh connection, no
+    attempt counted, so it is taken again now rather than after its lease expires; the caller
+    re-publishes it. False, changing nothing, when the session is alive (a statement that failed
+    on a live session keeps the lease until it expires, so a turn that keeps failing that way
+    cannot loop without counting attempts) or when the database is still away.
+    """
+    if lease.lost or lease.finishing or not _session_lost():
+        return False
+    _drop_session()
+    try:
+        return on_live_session(lambda: release(lease, reason="session_lost"), operation="release", job_id=lease.job_id)
+    except (OperationalError, InterfaceError):
+        return False
 
 
 def requeue_stale(*, limit: int = 500, on_failed: Callable[[StaleJob], Any] | None = None) -> list[StaleJob]:

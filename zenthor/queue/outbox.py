@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from zenthor.db import database, execute
 from zenthor.observability import emit
 from zenthor.observability import events as ev
+from zenthor.queue.jobs import on_live_session
 
 PROVIDER_ID_PREFIX = "zenthor-out-"
 
@@ -217,8 +218,13 @@ def _why_refused(outbound_id: int) -> OutboundClaimRefused:
 
 
 def mark_sent(lease: OutboundLease) -> bool:
-    """Record that the row was delivered; False when the lease was lost (another sender has it)."""
-    return bool(execute(_MARK_SENT, {"id": lease.outbound_id, "token": lease.token}))
+    """Record that the row was delivered; False when the lease was lost (another sender has it).
+
+    The row is already delivered: a session cut here is retried on a fresh connection, or the row
+    would stay ``sending`` until its lease expired and then be sent again.
+    """
+    params = {"id": lease.outbound_id, "token": lease.token}
+    return bool(on_live_session(lambda: execute(_MARK_SENT, params), operation="outbound_mark_sent"))
 
 
 def retry_delay_ms(attempts: int) -> int:
@@ -235,7 +241,7 @@ def retry_or_fail(lease: OutboundLease, error: str, *, retryable: bool = True) -
     params = {"id": lease.outbound_id, "token": lease.token, "error": error[:1000]}
     if retryable and lease.attempt < max_attempts:
         params["delay_ms"] = retry_delay_ms(lease.attempt)
-        if not execute(_RETRY, params):
+        if not on_live_session(lambda: execute(_RETRY, params), operation="outbound_retry"):
             return OutboundFailOutcome(final=False, attempts=lease.attempt, fenced=False)
         emit(
             ev.OUTBOUND_RETRY,
@@ -245,7 +251,7 @@ def retry_or_fail(lease: OutboundLease, error: str, *, retryable: bool = True) -
             error=error[:200],
         )
         return OutboundFailOutcome(final=False, attempts=lease.attempt, delay_ms=params["delay_ms"])
-    if not execute(_FAIL, params):
+    if not on_live_session(lambda: execute(_FAIL, params), operation="outbound_fail"):
         return OutboundFailOutcome(final=True, attempts=lease.attempt, fenced=False)
     emit(ev.OUTBOUND_FAILED, outbound_id=lease.outbound_id, attempts=lease.attempt, error=error[:200])
     return OutboundFailOutcome(final=True, attempts=lease.attempt)
