@@ -7,6 +7,7 @@ heartbeat is set in the URL so a dead peer is noticed even while an actor runs f
 
 from __future__ import annotations
 
+import logging
 from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
 import dramatiq
@@ -67,8 +68,13 @@ def build_broker() -> tuple[IdleAwareRabbitmqBroker, LeaseHeartbeat]:
         # creates it) at import, and prepare_worker_metrics has just set it.
         from zenthor.middleware.worker_metrics import WorkerMetrics
 
-        # First, so that its timing wraps every other middleware's work on the message.
-        middleware.insert(0, WorkerMetrics(metrics))
+        try:
+            # First, so that its timing wraps every other middleware's work on the message.
+            middleware.insert(0, WorkerMetrics(metrics))
+        except RuntimeError as error:  # imported too early: run without metrics, say why
+            logging.getLogger("zenthor.worker_metrics").error(
+                "worker metrics are off: %s", error, extra={"event": "worker.metrics_unavailable"}
+            )
     rabbit = IdleAwareRabbitmqBroker(
         url=with_heartbeat(settings.RABBITMQ_URL, settings.RABBITMQ_HEARTBEAT_S),
         confirm_delivery=True,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import socket
 import threading
 import time
@@ -35,9 +36,16 @@ def count(table: str, where: str = "TRUE", params: tuple = ()) -> int:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port free now, below the kernel's ephemeral range (32768-60999 here): a server that binds
+    it a few seconds later must not find it taken by some process's outgoing connection."""
+    while True:
+        port = random.randint(20_000, 32_000)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 @dataclass
@@ -158,6 +166,7 @@ class GatewayProcess:
                 return
             except httpx.HTTPError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()  # never leave a half-started gateway behind
                     raise RuntimeError(
                         f"gateway did not start: {open(self.log_path).read()[-2000:]}"
                     ) from None

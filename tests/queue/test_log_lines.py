@@ -48,10 +48,11 @@ def test_every_line_of_a_worker_the_scheduler_and_the_gateway_is_json(settings_e
     callback = CallbackServer()
     env = {"WEBHOOK_SECRET": SECRET, "WEBHOOK_CALLBACK_URL": callback.url, "LOG_LEVEL": "INFO"}
     settings_env(**env)
-    worker = WorkerProcess("json-worker", processes=2, threads=2, env=env)
-    gateway = GatewayProcess({**env})
     scheduler_log = Path(tempfile.mkstemp(prefix="zenthor-scheduler-", suffix=".log")[1])
+    worker = gateway = scheduler = None
     try:
+        worker = WorkerProcess("json-worker", processes=2, threads=2, env=env)
+        gateway = GatewayProcess({**env})
         with scheduler_log.open("wb") as out:
             scheduler = subprocess.Popen(
                 [sys.executable, "-m", "zenthor.cli", "scheduler"],
@@ -60,7 +61,9 @@ def test_every_line_of_a_worker_the_scheduler_and_the_gateway_is_json(settings_e
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        wait_for(lambda: len(worker.events()) and "ready for action" in worker.log_text(), 60, message="worker")
+        wait_for(
+            lambda: len(worker.events()) and "ready for action" in worker.log_text(), 60, message="worker"
+        )
         body = json.dumps({"message_id": "json-1", "chat_id": "c", "sender_id": "s", "text": "hi"}).encode()
         response = httpx.post(
             f"{gateway.url}/v1/webhook/acct/messages",
@@ -70,14 +73,17 @@ def test_every_line_of_a_worker_the_scheduler_and_the_gateway_is_json(settings_e
         )
         assert response.status_code == 202, response.text
         wait_for(lambda: callback.ok_records(), 60, message="the reply at the callback")
-        wait_for(lambda: "Scheduling Actor(sweep)" in scheduler_log.read_text(), 60, message="scheduler start")
+        wait_for(
+            lambda: "Scheduling Actor(sweep)" in scheduler_log.read_text(), 60, message="scheduler start"
+        )
     finally:
-        if scheduler.poll() is None:
-            os.killpg(scheduler.pid, signal.SIGTERM)
-        scheduler.wait(timeout=20)
-        gateway.stop()
-        worker.stop()
-        callback.stop()
+        if scheduler is not None:
+            if scheduler.poll() is None:
+                os.killpg(scheduler.pid, signal.SIGTERM)
+            scheduler.wait(timeout=20)
+        for process in (gateway, worker, callback):
+            if process is not None:
+                process.stop()
     assert count("outbound_message", "status = 'sent'") == 1
 
     worker_lines = json_lines(worker.log_path)
@@ -135,3 +141,41 @@ def test_a_sweep_that_finds_nothing_logs_at_debug_and_one_that_works_at_info(cap
     run_sweep("manual")
     busy = [r for r in caplog.records if getattr(r, "event", None) == "queue.sweep.completed"]
     assert [r.levelno for r in busy] == [logging.INFO] and busy[0].requeued == 1
+
+
+def test_a_consumer_reconnecting_every_second_logs_once_per_interval():
+    """While RabbitMQ is away each consumer retries every second; its CRITICAL line is let through
+    once per interval, and the next one says how many were held back."""
+    from zenthor.middleware.broker_recovery import _OncePerInterval
+
+    held = _OncePerInterval(interval_s=0.2)
+
+    def record() -> logging.LogRecord:
+        return logging.makeLogRecord(
+            {"msg": "Consumer encountered a connection error: %s", "args": ("refused",), "levelno": 50}
+        )
+
+    assert [held.filter(record()) for _ in range(5)] == [True, False, False, False, False]
+    wait_for(lambda: held.filter(later := record()) and later, 5, message="the interval to pass")
+    assert held.filter(record()) is False
+
+
+def test_warnings_and_uncaught_thread_errors_are_json_lines():
+    code = (
+        "import threading, warnings\n"
+        "from zenthor.observability import configure_logging\n"
+        "configure_logging('test')\n"
+        "warnings.warn('careful')\n"
+        "t = threading.Thread(target=lambda: 1 / 0)\n"
+        "t.start(); t.join()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "LOG_FORMAT": "json"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    lines = [json.loads(line) for line in result.stderr.splitlines()]  # every line is JSON
+    assert [line["logger"] for line in lines] == ["py.warnings", "zenthor"]
+    assert lines[1]["event"] == "thread.uncaught_exception" and "ZeroDivisionError" in lines[1]["exc_info"]

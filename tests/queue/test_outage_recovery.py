@@ -20,6 +20,7 @@ import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -43,6 +44,16 @@ TOTAL = CHATS * PER_CHAT
 # Well below DISPATCH_REPUBLISH_GRACE_MS (30 s) and AGENT_JOB_LOCK_MS (60 s); the goal is 5 s, the
 # rest is headroom for a loaded 2-core CI box.
 BOUND_S = 10.0
+# Broker outage: the owed nudges must be re-sent within this of the broker being back, and every
+# owed job answered within the second bound (the sweep's re-publish grace, 30 s, is what it was).
+RESEND_BOUND_S = 5.0
+ALL_ANSWERED_S = 25.0
+
+
+def logged_at(record: dict) -> float:
+    """A JSON log line's ``ts`` (local time, ``%Y-%m-%d %H:%M:%S,%f``) as a Unix time."""
+    return datetime.strptime(record["ts"], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -122,6 +133,7 @@ class Traffic:
         self._mu = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=CHATS)
         self._futures = [self._pool.submit(self._chat, chat) for chat in range(CHATS)]
+        _running_traffic.append(self)
 
     def _chat(self, chat: int) -> None:
         with httpx.Client(timeout=30) as client:
@@ -153,6 +165,22 @@ class Traffic:
         for future in self._futures:
             future.result(timeout=60)
         self._pool.shutdown()
+
+    def abandon(self) -> None:
+        """After a failed test: open every gate so no sender thread waits, and stop posting."""
+        for gate in self.gates.values():
+            gate.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+_running_traffic: list[Traffic] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_traffic_left_behind():
+    yield
+    while _running_traffic:
+        _running_traffic.pop().abandon()
 
 
 def accepted() -> int:
@@ -212,18 +240,20 @@ def test_a_broker_outage_in_the_middle_of_traffic_moves_the_backlog_within_secon
         lambda: accepted() >= 5 * CHATS, 30, message="the messages sent while the broker is away accepted"
     )
     rabbitmqctl("set_vhost_limits", "-p", TEST_VHOST, '{"max-connections": -1}')
-    back_at = time.monotonic()
+    back_at, back_wall = time.monotonic(), time.time()
     back.set()
     owed = failed_publishes()
 
     # Some owed jobs move early without any fix: the worker nudges a chat's next job when it
     # completes one. The chats whose earlier jobs were all done before the cut wait for a re-send:
     # the time until *every* owed job is answered is what the fix is about.
-    wait_for(lambda: answered_jobs(owed) >= 1, BOUND_S, interval=0.05, message="a first owed job answered")
+    wait_for(
+        lambda: answered_jobs(owed) >= 1, ALL_ANSWERED_S, interval=0.05, message="a first owed job answered"
+    )
     first_s = time.monotonic() - back_at
     wait_for(
         lambda: answered_jobs(owed) >= len(owed),
-        BOUND_S + 5,
+        ALL_ANSWERED_S,
         interval=0.05,
         message="every owed job answered",
     )
@@ -234,10 +264,18 @@ def test_a_broker_outage_in_the_middle_of_traffic_moves_the_backlog_within_secon
         f"after it came back: first owed job answered in {first_s:.1f}s, all {len(owed)} in {all_s:.1f}s "
         f"({all_s + back_at - cut_at:.1f}s after the cut)"
     )
-    assert all_s < BOUND_S, f"the backlog waited {all_s:.1f}s after the broker came back"
     assert_every_message_answered_once_in_order(callback)
     republished = [e for e in log_events(Path(gateway.log_path), "queue.publish.owed_republished")]
     assert sum(e["jobs"] for e in republished) >= len(set(owed))
+    # The mechanism: the gateway re-sent what it owed within seconds of the broker taking
+    # connections again (the issue's "starts moving within 5 s"); answering all of them then
+    # depends on how loaded this machine is, and without the fix waits for the 30 s grace.
+    first_resend_s = min(logged_at(e) for e in republished) - back_wall
+    print(f"first re-send {first_resend_s:.1f}s after the broker came back")
+    assert first_resend_s < RESEND_BOUND_S, (
+        f"owed nudges re-sent {first_resend_s:.1f}s after the broker was back"
+    )
+    assert all_s < ALL_ANSWERED_S
     assert worker.proc.poll() is None
 
 

@@ -91,3 +91,10 @@ def test_a_process_that_could_never_answer_a_channel_refuses_to_start(missing, e
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"zenthor: invalid settings: {missing} is required when"), lines[0]
+
+
+def test_the_gateway_without_the_webhook_settings_refuses_to_start_naming_both():
+    result = run([sys.executable, "-m", "zenthor.cli", "gateway"], WEBHOOK_SECRET="", WEBHOOK_CALLBACK_URL="")
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("zenthor: missing settings WEBHOOK_SECRET and WEBHOOK_CALLBACK_URL")

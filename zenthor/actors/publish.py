@@ -14,6 +14,7 @@ no actor: dispatch, deliver and the sweep all publish through it without an impo
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -58,7 +59,9 @@ class OwedNudges:
     claim refuses it). The retry thread lives only while something is owed.
     """
 
-    def __init__(self, *, limit: int = 20_000, min_backoff_s: float = 0.2, max_backoff_s: float = 2.0) -> None:
+    def __init__(
+        self, *, limit: int = 20_000, min_backoff_s: float = 0.2, max_backoff_s: float = 2.0
+    ) -> None:
         self.limit = limit
         self.min_backoff_s = min_backoff_s
         self.max_backoff_s = max_backoff_s
@@ -142,8 +145,17 @@ class OwedNudges:
             if drop is not None:
                 drop()  # this thread's publisher connection ends with it
 
+    def forget_after_fork(self) -> None:
+        """In a forked child: the parent's owed nudges and its retry thread are the parent's; a
+        lock held by that thread at the fork would never be released here."""
+        self._owed = {}
+        self._mu = threading.Lock()
+        self._wake = threading.Event()
+        self._thread = None
+
 
 owed_nudges = OwedNudges()
+os.register_at_fork(after_in_child=owed_nudges.forget_after_fork)
 
 
 def publish_dispatch(job_id: int, *, delay_ms: int | None = None) -> bool:

@@ -6,6 +6,8 @@ The command wires the gateway to this process's broker (the channel module impor
 
 from __future__ import annotations
 
+import sys
+
 import click
 from starlette.applications import Starlette
 
@@ -33,7 +35,12 @@ def gateway_command(host: str | None, port: int | None, workers: int) -> None:
     """Serve POST /v1/webhook/{account_id}/messages, GET /healthz and GET /metrics."""
     settings = bootstrap("gateway", long_running=True)
     if not settings.WEBHOOK_SECRET:
-        raise click.ClickException("missing setting WEBHOOK_SECRET: the gateway refuses unsigned traffic")
+        # Both unset (one alone is refused by the settings): nothing to verify requests with.
+        sys.stderr.write(
+            "zenthor: missing settings WEBHOOK_SECRET and WEBHOOK_CALLBACK_URL: the gateway verifies "
+            "each request with the secret, and the workers POST its replies to the callback URL\n"
+        )
+        raise SystemExit(2)
     import uvicorn
 
     where = {"host": host or settings.GATEWAY_HOST, "port": port or settings.GATEWAY_PORT}

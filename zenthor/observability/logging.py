@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
+from types import TracebackType
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -110,7 +112,31 @@ def configure_logging(
     root.setLevel(level or settings.LOG_LEVEL)
     # pika is chatty at INFO about every connection step.
     logging.getLogger("pika").setLevel(logging.WARNING)
+    # Python's warnings and uncaught exceptions would print plain text past the handler.
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_uncaught_in_thread
     _configured_pid = os.getpid()
+
+
+def _log_uncaught(kind: type[BaseException], error: BaseException, tb: TracebackType | None) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, error, tb)
+        return
+    logging.getLogger("zenthor").critical(
+        "uncaught exception", exc_info=(kind, error, tb), extra={"event": "process.uncaught_exception"}
+    )
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    logging.getLogger("zenthor").error(
+        "uncaught exception in thread %s",
+        getattr(args.thread, "name", "?"),
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+        extra={"event": "thread.uncaught_exception"},
+    )
 
 
 def get_logger(name: str) -> logging.Logger:

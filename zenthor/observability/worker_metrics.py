@@ -100,7 +100,8 @@ def _prepare() -> WorkerMetricsConfig | None:
     assert master is not None and master.pid is not None
     directory = base / _group_name(master.pid)
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        base.mkdir(mode=0o700, parents=True, exist_ok=True)  # counters of this host's workers only
+        directory.mkdir(mode=0o700, exist_ok=True)
         _remove_dead_groups(base, keep=directory.name)
     except OSError as error:
         _logger.error(
@@ -133,7 +134,11 @@ def _group_name(master_pid: int) -> str:
 
 
 def _remove_dead_groups(base: Path, *, keep: str) -> None:
-    """Delete the directories of groups whose master is gone (only names this module made)."""
+    """Delete the directories of groups whose master is gone (only names this module made).
+
+    Without /proc nothing can be told alive or dead: nothing is deleted."""
+    if _start_ticks(os.getpid()) is None:
+        return
     for entry in base.iterdir():
         match = _GROUP_DIR.match(entry.name)
         if entry.name == keep or match is None or not entry.is_dir():
