@@ -1,10 +1,11 @@
-"""Approvals without blocking a worker: ask, end the job, resume on YES/NO or expiry."""
+"""Approvals without blocking a worker: ask, end the job, resume on YES/NO or expiry, or close
+the question when the reply is not an answer."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.agent.helpers import job, outbox_texts
+from tests.agent.helpers import job, messages, outbox_texts
 from tests.support.fake_model import Reply, tool_call
 from tests.support.workers import wait_for
 from zenthor.actors.approvals import expire_approvals_step
@@ -29,6 +30,12 @@ def inbound(text: str, pid: str, chat_id: str = "chat-a") -> InboundMessage:
     )
 
 
+def tool_result(sent: list[dict], call_id: str) -> dict:
+    """The tool result for ``call_id`` in a request's messages."""
+    (result,) = [m for m in sent if m.get("role") == "tool" and m.get("tool_call_id") == call_id]
+    return result
+
+
 @pytest.fixture
 def published():
     return []
@@ -46,28 +53,82 @@ def ask_for_approval(fake_model, published) -> tuple[int, int]:
     return result.conversation_id, result.job_id
 
 
+# Only an unambiguous yes or no answers a question; anything else is an ordinary message.
+APPROVED_REPLIES = [
+    "YES",
+    "Ok!",
+    "yes please",
+    "yes, go ahead",
+    "sure, go ahead",
+    "ok 👍",
+    "👍",
+    "👍🏽",
+    "✅✅",
+    "Sim",
+    "Sim, pode!",
+    "pode",
+    "claro!",
+    "claro 👍",
+    "tá bom",
+    "Com certeza.",
+    "of course, thanks",
+]
+REJECTED_REPLIES = [
+    "no",
+    "nope.",
+    "reject",
+    "no thanks",
+    "No, thank you!",
+    "Não",
+    "nao",
+    "não, obrigado",
+    "nao pode",
+    "👎",
+    "❌",
+    "cancel",
+    "stop",
+    "don't",
+]
+NOT_ANSWERS = [
+    # the twelve replies of issue 11 item 1: conditional, vague, or led by a yes/no word
+    "yes but at 6pm",
+    "sim, mas às 18h",
+    "ok change the time",
+    "go away",
+    "não sei",
+    "yes but at 6pm please",
+    "k",
+    "s",
+    "go home",
+    "nem sei",
+    "stop the music",
+    "ok 6",
+    # single letters, mixed or unknown answers, thanks alone, anything long
+    "y",
+    "n",
+    "N",
+    "ok 👎",
+    "yes no",
+    "👍👎",
+    "👍😂",
+    "maybe",
+    "talvez",
+    "please",
+    "thanks, yes",
+    "yes yes yes yes yes yes yes yes yes",
+    "what's the weather tomorrow?",
+    "no idea what that means, can you explain it",
+    "",
+    "   ",
+    None,
+]
+
+
 @pytest.mark.parametrize(
     "text,expected",
-    [
-        ("YES", "approved"),
-        ("y", "approved"),
-        ("Ok!", "approved"),
-        ("sure, go ahead", "approved"),
-        ("Sim", "approved"),
-        ("s", "approved"),
-        ("pode", "approved"),
-        ("claro!", "approved"),
-        ("no", "rejected"),
-        ("N", "rejected"),
-        ("nope.", "rejected"),
-        ("reject", "rejected"),
-        ("Não", "rejected"),
-        ("nao", "rejected"),
-        ("não, obrigado", "rejected"),
-        ("what's the weather tomorrow?", None),
-        ("no idea what that means, can you explain it", None),
-        ("", None),
-    ],
+    [(t, "approved") for t in APPROVED_REPLIES]
+    + [(t, "rejected") for t in REJECTED_REPLIES]
+    + [(t, None) for t in NOT_ANSWERS],
 )
 def test_parse_answer(text, expected):
     assert parse_answer(text) == expected
@@ -94,15 +155,39 @@ def test_yes_runs_the_tool_and_finishes_the_turn(model_env, fake_model, tools, p
     fake_model.script(Reply(content="Done: I'll remind you at 17:00."))
     assert process_job(job_id) == "done"
     assert tools.calls == [("core_schedule_remind", REMIND)]
-    sent = fake_model.requests[-1]["messages"]
-    assert sent[-2]["tool_calls"][0]["id"] == "call_r"
-    assert sent[-1] == {
-        "role": "tool",
-        "tool_call_id": "call_r",
-        "content": '{"scheduled": true, "reminder_id": 7}',
-    }
+    # The answer belongs to the job it answered, after the question: the model reads the call, its
+    # result, the question and the user's YES.
+    sent = fake_model.requests[-1]["messages"][1:]
+    assert [(m["role"], m.get("tool_call_id")) for m in sent] == [
+        ("user", None),
+        ("assistant", None),
+        ("tool", "call_r"),
+        ("assistant", None),
+        ("user", None),
+    ]
+    assert sent[1]["tool_calls"][0]["id"] == "call_r"
+    assert sent[2]["content"] == '{"scheduled": true, "reminder_id": 7}'
+    assert sent[3]["content"].startswith("I'd like to use core_schedule_remind")
+    assert sent[4]["content"] == "YES"
     assert outbox_texts(conversation_id)[-1] == "Done: I'll remind you at 17:00."
-    assert ToolApproval.get(ToolApproval.job_id == job_id).status == "approved"
+    approval = ToolApproval.get(ToolApproval.job_id == job_id)
+    assert (approval.status, approval.answer_message_id) == ("approved", answer.message_id)
+    kinds = [(m.role, m.kind, m.job_id) for m in messages(conversation_id)]
+    assert ("assistant", "approval_question", job_id) in kinds
+    assert ("user", "approval_answer", job_id) in kinds
+
+    # A later turn still sees the question and the answer, in the order they were written.
+    later = send("thanks!", "m3", published)
+    assert later.status == "accepted"
+    assert process_job(later.job_id) == "done"
+    seen = [m["content"] for m in fake_model.requests[-1]["messages"][1:]]
+    assert seen[2:] == [
+        '{"scheduled": true, "reminder_id": 7}',
+        sent[3]["content"],
+        "YES",
+        "Done: I'll remind you at 17:00.",
+        "thanks!",
+    ]
 
 
 def test_no_refuses_and_the_model_is_told(model_env, fake_model, tools, published):
@@ -111,8 +196,10 @@ def test_no_refuses_and_the_model_is_told(model_env, fake_model, tools, publishe
     fake_model.script(Reply(content="OK, I won't set it."))
     assert process_job(job_id) == "done"
     assert tools.calls == []
-    result = fake_model.requests[-1]["messages"][-1]
-    assert result["role"] == "tool" and "rejected" in result["content"]
+    sent = fake_model.requests[-1]["messages"]
+    result = tool_result(sent, "call_r")
+    assert "rejected" in result["content"]
+    assert sent[-1] == {"role": "user", "content": "não"}
     assert outbox_texts(conversation_id)[-1] == "OK, I won't set it."
 
 
@@ -127,29 +214,87 @@ def test_no_answer_expires_through_the_sweep(model_env, fake_model, tools, publi
     fake_model.script(Reply(content="You didn't answer, so I didn't set it."))
     assert process_job(job_id) == "done"
     assert tools.calls == []
-    assert "did not answer" in fake_model.requests[-1]["messages"][-1]["content"]
+    assert "did not answer" in tool_result(fake_model.requests[-1]["messages"], "call_r")["content"]
 
 
-def test_messages_while_pending_queue_behind_in_order(model_env, fake_model, tools, published):
+def test_an_answer_that_is_not_yes_or_no_supersedes_the_question_and_starts_a_turn(
+    model_env, fake_model, tools, published
+):
     conversation_id, job_id = ask_for_approval(fake_model, published)
-    later = send("what's the weather?", "m2", published)
-    assert later.status == "accepted" and later.job_id > job_id
-    assert process_job(later.job_id) == "refused:conversation_busy"
-    assert send("yes", "m3", published).job_id == job_id
-    fake_model.script(Reply(content="Reminder set."))
-    assert process_job(job_id) == "done"
-    assert process_job(later.job_id) == "done"
-    assert outbox_texts(conversation_id)[-2:] == ["Reminder set.", "ok: what's the weather?"]
-    # The later turn sees the finished approval turn as one piece (without the question and the
-    # YES), then its own message.
-    roles = [(m["role"], m.get("tool_call_id")) for m in fake_model.requests[-1]["messages"][1:]]
-    assert roles == [
+    reply = send("yes but at 6pm", "m2", published)
+    # Not an answer: the question is closed unanswered and the message is a turn of its own.
+    assert (reply.status, reply.reason) == ("accepted", "approval_superseded")
+    assert reply.job_id > job_id and published[-1] == reply.job_id
+    approval = ToolApproval.get(ToolApproval.job_id == job_id)
+    assert (approval.status, approval.answer_message_id) == ("superseded", reply.message_id)
+    assert approval.resolved_at is not None
+    closed = job(job_id)
+    assert (closed.status, closed.error_reason, closed.finished_at is not None) == (
+        "done",
+        "approval_superseded",
+        True,
+    )
+    fake_model.script(Reply(content="Shall I set it for 18:00 instead?"))
+    assert process_job(reply.job_id) == "done"
+    assert tools.calls == []  # the 17:00 reminder was never set
+    sent = fake_model.requests[-1]["messages"][1:]
+    assert [(m["role"], m.get("tool_call_id")) for m in sent] == [
         ("user", None),
         ("assistant", None),
         ("tool", "call_r"),
         ("assistant", None),
         ("user", None),
     ]
+    assert sent[1]["tool_calls"][0]["id"] == "call_r"
+    assert "not run" in sent[2]["content"].lower() and "did not approve" in sent[2]["content"]
+    assert sent[3]["content"].startswith("I'd like to use core_schedule_remind")
+    assert sent[4] == {"role": "user", "content": "yes but at 6pm"}
+    assert outbox_texts(conversation_id)[-1] == "Shall I set it for 18:00 instead?"
+    # The closed question is not expired later, and nothing resumes the closed job.
+    execute("UPDATE tool_approval SET expires_at = now() - interval '1 second'")
+    assert expire_approvals_step() == {"expired_approvals": 0}
+    assert (job(job_id).status, ToolApproval.get_by_id(approval.id).status) == ("done", "superseded")
+
+
+def test_a_superseded_step_tells_the_model_which_calls_did_not_run(model_env, fake_model, tools, published):
+    """The model asked for two calls; the loop stopped at the one that needs approval. When the user
+    writes something else, neither runs, and each result says why."""
+    fake_model.script(
+        Reply(
+            content=None,
+            tool_calls=[
+                tool_call("core_schedule_remind", REMIND, "call_r"),
+                tool_call("core_time_now", {}, "call_t"),
+            ],
+        )
+    )
+    asked = send("remind me to call mom at 5, and what time is it?", "m1", published)
+    assert process_job(asked.job_id) == "awaiting_approval"
+    reply = send("hmm, what day is it?", "m2", published)
+    assert reply.reason == "approval_superseded"
+    assert process_job(reply.job_id) == "done"
+    assert tools.calls == []
+    sent = fake_model.requests[-1]["messages"]
+    assert tool_result(sent, "call_r")["content"].startswith("Not run: the user did not approve")
+    assert tool_result(sent, "call_t")["content"].startswith("Not run: an earlier call of this step")
+    assert [m["role"] for m in sent[1:]] == ["user", "assistant", "tool", "tool", "assistant", "user"]
+
+
+def test_a_new_message_while_asked_is_answered_at_once(model_env, fake_model, tools, published):
+    conversation_id, job_id = ask_for_approval(fake_model, published)
+    later = send("what's the weather?", "m2", published)
+    # Nothing holds the line any more: the new message is answered now, not after APPROVAL_TTL_S.
+    assert process_job(later.job_id) == "done"
+    assert (later.status, later.reason) == ("accepted", "approval_superseded")
+    assert later.job_id > job_id
+    assert outbox_texts(conversation_id)[-1] == "ok: what's the weather?"
+    assert tools.calls == []
+    # The question is closed: a "yes" now is an ordinary message, answered in its turn.
+    after = send("yes", "m3", published)
+    assert (after.status, after.reason) == ("accepted", None)
+    assert process_job(after.job_id) == "done"
+    assert tools.calls == []
+    assert outbox_texts(conversation_id)[-1] == "ok: yes"
 
 
 def test_a_second_yes_is_a_new_message(model_env, fake_model, tools, published):

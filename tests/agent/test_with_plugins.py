@@ -26,6 +26,12 @@ def inbound(text: str, pid: str) -> InboundMessage:
     )
 
 
+def tool_result(body: dict, call_id: str) -> dict:
+    """The result of ``call_id`` in a request (the user's answer follows it, after the question)."""
+    (result,) = [m for m in body["messages"] if m.get("role") == "tool" and m.get("tool_call_id") == call_id]
+    return result
+
+
 def test_core_time_round_trip(model_env, fake_model):
     fake_model.script(
         Reply(content=None, tool_calls=[tool_call("core_time_now", {"timezone": "UTC"}, "call_now")]),
@@ -55,8 +61,9 @@ def test_core_schedule_remind_needs_approval_then_runs(model_env, fake_model):
     fake_model.script(Reply(content="Reminder set."))
     assert process_job(first.job_id) == "done"
     assert job(first.job_id).status == "done"
-    tool_result = fake_model.requests[-1]["messages"][-1]
-    assert tool_result["tool_call_id"] == "call_rem" and "error" not in tool_result["content"].lower()
+    result = tool_result(fake_model.requests[-1], "call_rem")
+    assert "error" not in result["content"].lower()
+    assert fake_model.requests[-1]["messages"][-1] == {"role": "user", "content": "sim"}
     assert execute("SELECT count(*) FROM reminder")[0][0] == 1
 
 
@@ -89,7 +96,7 @@ def test_approved_remind_retried_after_the_tool_ran_makes_one_reminder(model_env
     fake_model.script(Reply(status=500))
     assert process_job(job_id) == "retry_scheduled"
     assert _reminders() == [(_reminders()[0][0], f"tool_approval:{approval_id}")]
-    first_result = json.loads(fake_model.requests[-1]["messages"][-1]["content"])
+    first_result = json.loads(tool_result(fake_model.requests[-1], "call_rem")["content"])
 
     # Attempt 2: the same approved call runs again with the same key and gets the same reminder.
     fake_model.script(Reply(status=500))
@@ -100,7 +107,7 @@ def test_approved_remind_retried_after_the_tool_ran_makes_one_reminder(model_env
 
     reminders = _reminders()
     assert len(reminders) == 1
-    last_result = json.loads(fake_model.requests[-1]["messages"][-1]["content"])
+    last_result = json.loads(tool_result(fake_model.requests[-1], "call_rem")["content"])
     assert last_result == first_result and last_result["reminder_id"] == reminders[0][0]
     texts = outbox_texts(conversation_id)
     assert texts[0].startswith("I'd like to use core_schedule_remind")

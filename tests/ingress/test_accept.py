@@ -146,6 +146,23 @@ def test_answer_outcome_job_is_published_after_commit():
     assert result.status == "answer" and published == [4242]
 
 
+def test_an_outcome_that_starts_a_turn_still_makes_the_message_a_turn():
+    """A handler that settled a question the message did not answer (superseded): a turn job."""
+    answers_module.register_answer_handler(
+        h := lambda c, m, t: AnswerOutcome(job_id=None, reason="approval_superseded", start_turn=True)
+    )
+    try:
+        published: list[int] = []
+        result = accept(inbound("yes but later"), publish=no_publish(published))
+    finally:
+        answers_module.unregister_answer_handler(h)
+    assert (result.status, result.reason) == ("accepted", "approval_superseded")
+    assert published == [result.job_id] and count("agent_job") == 1
+    assert execute("SELECT job_id FROM message WHERE id = %s", (result.message_id,)) == [(result.job_id,)]
+    with pytest.raises(ValueError, match="names no job"):
+        AnswerOutcome(job_id=7, reason="x", start_turn=True)
+
+
 def test_allowlist_policy_records_unknown_sender_and_ignores_it(settings_env):
     settings_env(WEBHOOK_CONTACT_POLICY="allowlist", WEBHOOK_ALLOW_FROM="friend, other")
     published: list[int] = []

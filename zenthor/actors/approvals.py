@@ -1,7 +1,8 @@
 """Wiring of the agent's tool approvals into ingress and the sweep (imported by ``zenthor.actors``).
 
 Lives with the actors because it joins layers the agent must not import: the ingress answer hook
-(a YES/NO resolves the pending approval and resumes its job instead of starting a turn) and the
+(a yes/no resolves the pending approval and resumes its job instead of starting a turn; any other
+message closes the question as superseded and starts its turn) and the
 sweep (approvals past ``APPROVAL_TTL_S`` resume their job with ``expired``). Also warns once, at
 start, when no model is configured and the echo responder will answer.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from zenthor.actors.publish import publish_dispatch
 from zenthor.actors.sweep import register_step
-from zenthor.agent.approvals import expire_due_approvals, take_answer
+from zenthor.agent.approvals import SUPERSEDED, SUPERSEDED_REASON, expire_due_approvals, handle_reply
 from zenthor.agent.echo import warn_if_unconfigured
 from zenthor.db import database
 from zenthor.ingress.answers import AnswerOutcome, register_answer_handler
@@ -18,10 +19,13 @@ from zenthor.settings import get_settings
 
 
 def approval_answer(conversation_id: int, message_id: int, text: str) -> AnswerOutcome | None:
-    """Ingress's answer handler: a YES/NO to a pending approval resumes the waiting job."""
-    resolved = take_answer(conversation_id, message_id, text)
+    """Ingress's answer handler: a yes or no to a pending approval resumes the waiting job; any
+    other message closes the question (superseded) and is answered as an ordinary turn."""
+    resolved = handle_reply(conversation_id, message_id, text)
     if resolved is None:
         return None
+    if resolved.decision == SUPERSEDED:
+        return AnswerOutcome(job_id=None, reason=SUPERSEDED_REASON, start_turn=True)
     return AnswerOutcome(job_id=resolved.job_id, reason=f"approval_{resolved.decision}")
 
 

@@ -167,7 +167,13 @@ def _run_claimed(lease: Lease, started: float) -> str:
 def _write_result(lease: Lease, result: TurnResult) -> WrittenReplies:
     if result.write is not None:
         result.write(lease)
-    return write_replies(lease.conversation_id, lease.job_id, result.replies, in_reply_to=lease.message_id)
+    return write_replies(
+        lease.conversation_id,
+        lease.job_id,
+        result.replies,
+        in_reply_to=lease.message_id,
+        kind=result.reply_kind,
+    )
 
 
 def _fail(lease: Lease, error: TurnError) -> str:

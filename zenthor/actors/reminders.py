@@ -7,6 +7,8 @@ delivery step the reply writer and the publisher, so
 
 from __future__ import annotations
 
+from functools import partial
+
 from zenthor.actors.publish import publish_deliveries
 from zenthor.actors.sweep import register_step
 from zenthor.agent.replies import write_replies
@@ -15,7 +17,8 @@ from zenthor.plugins.builtin.core_schedule.delivery import deliver_due_reminders
 
 def deliver_reminders_step() -> dict[str, int]:
     """The sweep step: deliver due reminders."""
-    return deliver_due_reminders(write_replies, publish_deliveries)
+    # The reminder's assistant message is marked message.kind = 'reminder'.
+    return deliver_due_reminders(partial(write_replies, kind="reminder"), publish_deliveries)
 
 
 register_step("reminders", deliver_reminders_step)

@@ -13,7 +13,6 @@ import json
 import math
 from dataclasses import dataclass
 
-from zenthor.agent.approvals import APPROVAL_PROMPT_SUFFIX
 from zenthor.db import execute
 from zenthor.observability import emit
 from zenthor.observability import events as ev
@@ -54,9 +53,7 @@ def output_reserve(window: int) -> int:
 _HISTORY = """
 SELECT m.id, m.role, m.content, m.tool_calls, m.tool_call_id,
        coalesce(m.job_id, (SELECT j.id FROM agent_job AS j WHERE j.message_id = m.id
-                            ORDER BY j.id LIMIT 1)) AS job,
-       m.role = 'assistant' AND m.tool_calls IS NULL AND m.content LIKE %s
-         AND EXISTS (SELECT 1 FROM tool_approval AS a WHERE a.job_id = m.job_id) AS approval_prompt
+                            ORDER BY j.id LIMIT 1)) AS job
   FROM message AS m
  WHERE m.conversation_id = %s
  ORDER BY m.id
@@ -66,17 +63,17 @@ SELECT m.id, m.role, m.content, m.tool_calls, m.tool_call_id,
 def load_history(conversation_id: int, job_id: int, message_id: int | None) -> list[dict]:
     """The conversation as chat messages, as this job should see it.
 
-    Messages of later jobs are left out (they wait their turn), and so are user messages that
-    belong to no job: approval answers, whose meaning the tool result already carries (as do the
-    approval questions, left out too, so a call is followed by its result). Each job's
-    messages stay together, so a turn that waited for approval reads as one piece.
+    Messages of later jobs are left out (they wait their turn). Each job's messages stay
+    together, so a turn that waited for approval reads as one piece: the user's message, the
+    call, its result (the tool's, a refusal, or "not run" when the user wrote something else),
+    the question and the user's answer (:func:`repair_tool_pairs` puts each result right after
+    its call). User messages that belong to no job exist only from before approval answers
+    joined their job (migration 0007); they are skipped.
     """
-    rows = execute(_HISTORY, ("%" + APPROVAL_PROMPT_SUFFIX, conversation_id))
+    rows = execute(_HISTORY, (conversation_id,))
     keyed: list[tuple[int, int, dict]] = []
     anchor = 0
-    for row_id, role, content, tool_calls, tool_call_id, job, approval_prompt in rows:
-        if approval_prompt:
-            continue  # the question to the user; the tool result (or refusal) carries its answer
+    for row_id, role, content, tool_calls, tool_call_id, job in rows:
         if job is None:
             if role == "user" or (message_id is not None and row_id > message_id):
                 continue

@@ -6,7 +6,9 @@ completes the job, token-fenced, so a turn whose lease was lost writes nothing.
 
 A tool that requires approval is not run: the loop stops, and the turn ends as
 ``awaiting_approval`` with a ``tool_approval`` row. The ``resume`` job later answers that call
-(the tool's result, or the refusal) and any calls after it, then asks the model again.
+(the tool's result, or the refusal) and any calls after it, then asks the model again. A reply
+that is not a yes or no closes the question instead (:func:`zenthor.agent.approvals.handle_reply`):
+the calls get "not run" results and the reply is answered as a new turn.
 
 Idempotency across retries. A tool commits its side effect at once (in its own thread, outside
 the job's lease), while the turn's messages are written only when the job completes; a turn that

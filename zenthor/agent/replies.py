@@ -133,8 +133,8 @@ def _attaches_to_previous(char: str) -> bool:
 # One statement per reply: the assistant message and its outbox parts, in order.
 _INSERT_REPLY = """
 WITH reply AS (
-    INSERT INTO message (conversation_id, role, content, job_id)
-    VALUES (%(conversation)s, 'assistant', %(text)s, %(job)s)
+    INSERT INTO message (conversation_id, role, content, job_id, kind)
+    VALUES (%(conversation)s, 'assistant', %(text)s, %(job)s, %(kind)s)
     RETURNING id
 )
 INSERT INTO outbound_message (conversation_id, job_id, in_reply_to, channel, account_id, chat_id, text)
@@ -146,10 +146,16 @@ RETURNING id, (SELECT id FROM reply)
 
 
 def write_replies(
-    conversation_id: int, job_id: int | None, texts: list[str], *, in_reply_to: int | None = None
+    conversation_id: int,
+    job_id: int | None,
+    texts: list[str],
+    *,
+    in_reply_to: int | None = None,
+    kind: str | None = None,
 ) -> WrittenReplies:
     """Store each text as an assistant message and queue it in the outbox, split to the channel's
-    limit (caller's transaction)."""
+    limit (caller's transaction). ``kind`` marks the messages (``message.kind``: an
+    ``approval_question``, a ``failure`` reply, a ``reminder``; None for an ordinary reply)."""
     written = WrittenReplies()
     if not texts:
         return written
@@ -166,6 +172,7 @@ def write_replies(
                 "text": text,
                 "job": job_id,
                 "in_reply_to": in_reply_to,
+                "kind": kind,
                 "channel": channel,
                 "account": account_id,
                 "chat": chat_id,
@@ -179,4 +186,4 @@ def write_replies(
 
 def write_failure_reply(conversation_id: int, job_id: int, *, in_reply_to: int | None) -> WrittenReplies:
     """The short, honest reply a user gets when their message could not be answered."""
-    return write_replies(conversation_id, job_id, [FAILURE_REPLY], in_reply_to=in_reply_to)
+    return write_replies(conversation_id, job_id, [FAILURE_REPLY], in_reply_to=in_reply_to, kind="failure")

@@ -49,12 +49,14 @@ class TurnResult:
 
     ``replies`` become assistant messages with outbox rows; ``write`` (optional) adds more rows in
     the same transaction (tool messages, an approval request); ``status`` is ``done`` or
-    ``awaiting_approval``.
+    ``awaiting_approval``; ``reply_kind`` marks the reply messages (``approval_question`` when
+    the turn asks for approval).
     """
 
     replies: list[str] = field(default_factory=list)
     status: str = "done"
     write: Callable[[Lease], Any] | None = None
+    reply_kind: str | None = None
 
 
 def run_turn(ctx: TurnContext) -> TurnResult:
@@ -90,9 +92,11 @@ def run_turn(ctx: TurnContext) -> TurnResult:
         outcome = loop.resume(ctx.lease.payload) if ctx.lease.kind == "resume" else loop.run()
     except ModelError as error:
         raise TurnError(error.kind, str(error), retryable=error.retryable) from error
+    asking = outcome.approval is not None
     return TurnResult(
         replies=outcome.replies,
-        status="awaiting_approval" if outcome.approval is not None else "done",
+        status="awaiting_approval" if asking else "done",
+        reply_kind="approval_question" if asking else None,
         write=store_outcome(
             outcome,
             conversation_id=ctx.conversation_id,

@@ -2,8 +2,10 @@
 
 The agent registers a handler (tool approvals: "YES" resumes the waiting job). :func:`accept`
 calls the handlers inside its transaction, after the user message is stored and before a turn
-job would be created; the first handler that returns an :class:`AnswerOutcome` wins, and then no
-turn job is created (``outcome.job_id``, if set, is published after commit).
+job would be created; the first handler that returns an :class:`AnswerOutcome` wins. Then no
+turn job is created (``outcome.job_id``, if set, is published after commit), unless the outcome
+says ``start_turn``: the handler settled a question the message did not answer (it closed it as
+superseded), and the message is still an ordinary turn.
 """
 
 from __future__ import annotations
@@ -19,6 +21,12 @@ class AnswerOutcome:
 
     job_id: int | None  # a job to publish dispatch for after commit (e.g. the resumed job), or None
     reason: str  # short label for the event/log, e.g. "approval_approved"
+    start_turn: bool = False  # the message still starts its own turn (its job is published)
+
+    def __post_init__(self) -> None:
+        if self.start_turn and self.job_id is not None:
+            # accept publishes the new turn's job; a second job to publish has no place here.
+            raise ValueError("an AnswerOutcome that starts a turn names no job of its own")
 
 
 AnswerHandler = Callable[[int, int, str], AnswerOutcome | None]  # (conversation_id, message_id, text)

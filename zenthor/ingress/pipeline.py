@@ -1,6 +1,7 @@
 """``accept``: the one entry point that turns an inbound message into work, exactly once (I3).
 
-One transaction: dedupe key ▸ contact policy ▸ conversation ▸ user message ▸ answer hook ▸ job.
+One transaction: dedupe key ▸ contact policy ▸ conversation ▸ user message ▸ answer hook ▸ job
+(none when the message answered a question; one when it is a turn, also when it closed one).
 The dedupe key, the message and the job commit together, so a crash (or an error anywhere in
 between) leaves nothing behind and a retry of the same message is accepted, not skipped. After
 commit the dispatch nudge is published; if that publish fails the job stays pending and the sweep
@@ -50,7 +51,8 @@ RETURNING id
 class AcceptResult:
     """What :func:`accept` did.
 
-    ``status``: ``accepted`` (a turn job was created), ``duplicate`` (seen before, nothing
+    ``status``: ``accepted`` (a turn job was created; ``reason`` is ``approval_superseded`` when
+    the message also closed a question it did not answer), ``duplicate`` (seen before, nothing
     written), ``answer`` (an answer handler took it; ``job_id`` is the job it resumed, if any) or
     ``ignored`` (the contact policy does not allow the sender; the key and contact are recorded).
     """
@@ -111,11 +113,12 @@ def _accept_in_transaction(message: InboundMessage, key: str, policy) -> AcceptR
     # The one place where a message can be the answer to a pending question (tool approvals)
     # instead of the start of a turn. The handler writes in this same transaction.
     outcome = find_answer(conversation_id, message_id, message.text)
-    if outcome is not None:
+    if outcome is not None and not outcome.start_turn:
         return AcceptResult(ANSWER, conversation_id, message_id, outcome.job_id, outcome.reason)
+    # A turn, also when a handler settled a question this message did not answer (superseded).
     job_id = enqueue_job(conversation_id, message_id)
     execute("UPDATE message SET job_id = %s WHERE id = %s", (job_id, message_id))
-    return AcceptResult(ACCEPTED, conversation_id, message_id, job_id)
+    return AcceptResult(ACCEPTED, conversation_id, message_id, job_id, outcome.reason if outcome else None)
 
 
 _SELECT_CONVERSATION = "SELECT id FROM conversation WHERE channel = %s AND account_id = %s AND chat_id = %s"
@@ -201,6 +204,7 @@ def _emit(message: InboundMessage, key: str, result: AcceptResult) -> None:
             message_id=result.message_id,
             job_id=result.job_id,
             provider_message_id=key,
+            reason=result.reason,
         )
 
 

@@ -2,6 +2,10 @@
 
 ``zenthor migrate`` calls :func:`migrate`. A Postgres advisory lock makes two migrate processes
 started at once (two containers, say) harmless: the second waits, then finds nothing to do.
+
+From ``0007`` on a migration sets ``atomic = False`` (the runner then opens no transaction, so
+``CREATE INDEX CONCURRENTLY`` is allowed; the advisory lock is a session lock) and every statement
+is idempotent, so a run that stopped halfway can simply be run again.
 """
 
 from __future__ import annotations
@@ -29,3 +33,20 @@ def migrate() -> list[str]:
             return runner().up()
         finally:
             database.execute_sql("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
+
+
+def create_index_concurrently(db, name: str, ddl: str) -> None:
+    """Build index ``name`` with ``ddl`` (a ``CREATE INDEX CONCURRENTLY IF NOT EXISTS`` statement)
+    outside any transaction, so writers are not blocked while a big table is indexed.
+
+    A concurrent build that was interrupted leaves an INVALID index behind, which ``IF NOT EXISTS``
+    would keep for ever: such a leftover is dropped first and built again.
+    """
+    invalid = db.execute_sql(
+        "SELECT 1 FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid "
+        "WHERE c.relname = %s AND NOT i.indisvalid",
+        (name,),
+    ).fetchone()
+    if invalid:
+        db.execute_sql(f'DROP INDEX CONCURRENTLY IF EXISTS "{name}"')
+    db.execute_sql(ddl)

@@ -7,7 +7,8 @@ from playhouse.postgres_ext import BinaryJSONField
 
 from zenthor.models.base import BaseModel, DateTimeTZField
 
-APPROVAL_STATUSES = ("pending", "approved", "rejected", "expired")
+# superseded: the user wrote something other than yes or no; the tool did not run (0007).
+APPROVAL_STATUSES = ("pending", "approved", "rejected", "expired", "superseded")
 
 
 class ToolApproval(BaseModel):
@@ -23,6 +24,8 @@ class ToolApproval(BaseModel):
     created_at = DateTimeTZField(constraints=[SQL("DEFAULT now()")])
     expires_at = DateTimeTZField(null=True)
     resolved_at = DateTimeTZField(null=True)
+    # The user message that answered or superseded it (0007). A plain column: no foreign key.
+    answer_message_id = BigIntegerField(null=True)
 
     class Meta:
         table_name = "tool_approval"

@@ -51,6 +51,9 @@ class Message(BaseModel):
     job_id = BigIntegerField(null=True)
     tool_calls = BinaryJSONField(null=True)
     tool_call_id = TextField(null=True)
+    # What a message is besides its role (0007): approval_question, approval_answer, failure,
+    # reminder; None for ordinary messages.
+    kind = TextField(null=True)
     created_at = DateTimeTZField(constraints=[SQL("DEFAULT now()")])
 
     class Meta:

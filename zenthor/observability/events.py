@@ -149,6 +149,14 @@ JOB_REPUBLISHED = event(
     "reason",
     says="job {job_id} nudged again ({reason})",
 )
+JOB_CLOSED = event(
+    "queue.job.closed",
+    "job_id",
+    "conversation_id",
+    "reason",
+    description="a job awaiting approval was closed without running again (the question was superseded)",
+    says="job {job_id} closed without running again ({reason})",
+)
 JOB_NOT_FOUND = event(
     "queue.job.not_found",
     "job_id",
@@ -251,6 +259,7 @@ INBOUND_ACCEPTED = event(
     "message_id",
     "job_id",
     "provider_message_id",
+    "reason",
     says="accepted {channel} message {provider_message_id} as job {job_id}",
 )
 INBOUND_DEDUPE_SKIPPED = event(
@@ -692,7 +701,10 @@ APPROVAL_RESOLVED = event(
     "conversation_id",
     "approval_id",
     "decision",
-    says="approval {approval_id} {decision}",
+    "source",
+    description="decision: approved, rejected, expired or superseded (the reply was not an answer); "
+    "source: answer (the user's message) or sweep (APPROVAL_TTL_S passed)",
+    says="approval {approval_id} {decision} (by {source})",
 )
 ECHO_RESPONDER = event(
     "agent.echo.replied",

@@ -1,5 +1,6 @@
 """Every lease statement on ``agent_job``: enqueue, claim, heartbeat, complete, fail, release,
-requeue of expired leases and re-publish candidates. Nothing else writes the lease columns.
+requeue of expired leases, re-publish candidates, and the resume or close of a job awaiting
+approval. Nothing else writes the lease columns.
 
 Each operation is one statement or one short transaction, and uses the database clock (``now()``)
 so workers on hosts with skewed clocks agree on when a lease expires.
@@ -169,6 +170,16 @@ UPDATE agent_job AS j
    SET status = 'pending', kind = 'resume', payload = %(payload)s, attempts = 0,
        available_at = now(), locked_until = NULL, lease_token = NULL, finished_at = NULL,
        error_reason = NULL, error_message = NULL
+ WHERE j.id = %(job_id)s AND j.status = 'awaiting_approval'
+RETURNING j.id, j.conversation_id
+"""
+
+# A job that waits for an answer that will not come (the user wrote something else) is closed as
+# done: it holds no lease, so only its status fences this write; the reason says why it ended.
+_CLOSE_AWAITING = """
+UPDATE agent_job AS j
+   SET status = 'done', finished_at = now(), locked_until = NULL, lease_token = NULL,
+       error_reason = %(reason)s, error_message = NULL
  WHERE j.id = %(job_id)s AND j.status = 'awaiting_approval'
 RETURNING j.id, j.conversation_id
 """
@@ -551,7 +562,9 @@ def release_after_lost_session(lease: Lease) -> bool:
         return False
     _drop_session()
     try:
-        return on_live_session(lambda: release(lease, reason="session_lost"), operation="release", job_id=lease.job_id)
+        return on_live_session(
+            lambda: release(lease, reason="session_lost"), operation="release", job_id=lease.job_id
+        )
     except (OperationalError, InterfaceError):
         return False
 
@@ -595,6 +608,18 @@ def resume_job(job_id: int, payload: Any) -> bool:
     rows = execute(_RESUME, {"job_id": job_id, "payload": Json(payload)})
     if rows:
         emit(ev.JOB_ENQUEUED, job_id=rows[0][0], conversation_id=rows[0][1], kind="resume")
+    return bool(rows)
+
+
+def close_awaiting(job_id: int, reason: str) -> bool:
+    """Close a job that waits for the user's answer without running it again (caller's
+    transaction): the question was superseded by another message, which starts its own turn.
+    It stops holding its conversation's line. False when the job is not awaiting approval
+    (resumed or closed by someone else first).
+    """
+    rows = execute(_CLOSE_AWAITING, {"job_id": job_id, "reason": reason})
+    if rows:
+        emit(ev.JOB_CLOSED, job_id=rows[0][0], conversation_id=rows[0][1], reason=reason)
     return bool(rows)
 
 
