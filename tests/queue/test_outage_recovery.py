@@ -35,7 +35,7 @@ from tests.support.workers import DbThread, WorkerProcess, log_events, wait_for
 from zenthor.channels.webhook.signing import SIGNATURE_HEADER, sign
 from zenthor.db import database, execute
 from zenthor.models import AgentJob
-from zenthor.queue import claim, complete
+from zenthor.queue import ClaimRefused, claim, complete, requeue_stale
 from zenthor.queue.jobs import release_after_lost_session
 
 SECRET = "outage-secret"
@@ -360,3 +360,24 @@ def test_a_turn_whose_session_was_cut_gives_its_job_back_at_once():
 
     row = AgentJob.get_by_id(job_id)
     assert (row.status, row.attempts, row.lease_token) == ("pending", 0, None)
+
+
+def test_a_turn_that_cuts_its_session_every_time_is_not_released_for_free_again():
+    """A turn whose own work kills its session (a proxy's timeout shorter than a model call) gets
+    one free release; the next time its lease is left to expire, so the sweep counts an attempt and
+    the job fails after AGENT_JOB_MAX_ATTEMPTS instead of looping for free."""
+    conversation = make_conversation("cut-twice")
+    job_id = make_job(conversation, "hello")
+    for expected in (True, False):
+        lease = claim(job_id, "worker-cut")
+        assert not isinstance(lease, ClaimRefused), lease
+        (pid,) = execute("SELECT pg_backend_pid()")[0]
+        terminate_from_another_session(pid)
+        with pytest.raises((OperationalError, InterfaceError)):
+            execute("SELECT 1")
+        assert release_after_lost_session(lease) is expected
+    row = AgentJob.get_by_id(job_id)
+    assert (row.status, row.attempts, row.error_reason) == ("processing", 0, "session_lost")
+    execute("UPDATE agent_job SET locked_until = now() - interval '1 second' WHERE id = %s", (job_id,))
+    (stale,) = requeue_stale()
+    assert stale.job_id == job_id and AgentJob.get_by_id(job_id).attempts == 1

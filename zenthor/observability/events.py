@@ -193,7 +193,7 @@ OWED_NUDGES_REPUBLISHED = event(
     "deliveries",
     "waited_ms",
     "still_owed",
-    level=logging.WARNING,
+    level=logging.INFO,  # a recovery: queue.publish.failed was the warning
     description="nudges whose publish had failed, re-sent by this process once the broker took one again",
     says="re-sent {jobs} dispatch and {deliveries} delivery nudge(s) owed since the broker went away "
     "{waited_ms} ms ago ({still_owed} still owed)",

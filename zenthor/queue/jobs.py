@@ -126,6 +126,17 @@ UPDATE agent_job AS j
 RETURNING j.id
 """
 
+# The free release after a cut session, once per job in a row: a job released this way before
+# (error_reason still 'session_lost') keeps its lease until it expires, and the sweep's requeue
+# counts an attempt, so a turn that itself kills its session cannot loop for free.
+_RELEASE_SESSION_LOST = f"""
+UPDATE agent_job AS j
+   SET status = 'pending', locked_until = NULL, lease_token = NULL, available_at = now(),
+       error_reason = 'session_lost'
+ WHERE {_FENCE} AND j.error_reason IS DISTINCT FROM 'session_lost'
+RETURNING j.id
+"""
+
 _REQUEUE_STALE = f"""
 WITH stale AS (
     SELECT j.id FROM agent_job AS j
@@ -296,6 +307,11 @@ def _drop_session() -> None:
     try:
         database.obj.manual_close()  # not back to the pool: it is dead
     except Exception:  # noqa: BLE001 - a dead session refusing a clean close
+        pass
+    try:
+        # After a restart the pool's idle connections are dead too; each would cost a retry.
+        database.obj.close_idle()
+    except Exception:  # noqa: BLE001 - best effort
         pass
 
 
@@ -556,17 +572,28 @@ def release_after_lost_session(lease: Lease) -> bool:
     attempt counted, so it is taken again now rather than after its lease expires; the caller
     re-publishes it. False, changing nothing, when the session is alive (a statement that failed
     on a live session keeps the lease until it expires, so a turn that keeps failing that way
-    cannot loop without counting attempts) or when the database is still away.
+    cannot loop without counting attempts), when the database is still away, or when the job's
+    previous attempt was released this way too (then its lease expires and an attempt is counted:
+    a turn that itself cuts its session, e.g. through a proxy's timeout, ends after its attempts).
     """
     if lease.lost or lease.finishing or not _session_lost():
         return False
     _drop_session()
+
+    def release_once() -> bool:
+        return bool(execute(_RELEASE_SESSION_LOST, {"job_id": lease.job_id, "token": lease.token}))
+
+    lease.finishing = True
     try:
-        return on_live_session(
-            lambda: release(lease, reason="session_lost"), operation="release", job_id=lease.job_id
-        )
+        released = on_live_session(release_once, operation="release", job_id=lease.job_id)
     except (OperationalError, InterfaceError):
         return False
+    if released:
+        lease._lost.set()  # given up: any later write by this process must fail
+        emit(
+            ev.JOB_RELEASED, job_id=lease.job_id, conversation_id=lease.conversation_id, reason="session_lost"
+        )
+    return released
 
 
 def requeue_stale(*, limit: int = 500, on_failed: Callable[[StaleJob], Any] | None = None) -> list[StaleJob]:
