@@ -1,4 +1,4 @@
-"""Approvals end to end (issue 11, items 1 and 4): a real ``zenthor worker`` process, the fake model
+"""Approvals end to end (issue 11, items 1, 2 and 4): a real ``zenthor worker`` process, the fake model
 and the real core-schedule plugin.
 
 The test process accepts the user's messages (``accept`` with the dispatch publisher), the worker
@@ -75,13 +75,13 @@ def worker_process(model, settings_env):
         process.stop()
 
 
-def say(text: str, pid: str):
-    """The user writes ``text`` in the terminal chat (outbox rows are never published there)."""
+def say(text: str, pid: str, sender_id: str = "user-1"):
+    """``sender_id`` writes ``text`` in the terminal chat (outbox rows are never published there)."""
     message = InboundMessage(
         channel="terminal",
         account_id="local",
         chat_id="e2e",
-        sender_id="user-1",
+        sender_id=sender_id,
         text=text,
         provider_message_id=pid,
     )
@@ -150,3 +150,29 @@ def test_ignoring_the_question_and_asking_something_else_is_answered_within_seco
     assert job(first_job).status == "done"
     assert ToolApproval.get(ToolApproval.job_id == first_job).status == "superseded"
     assert execute("SELECT count(*) FROM reminder")[0][0] == 0
+
+
+def test_in_a_group_another_members_ok_is_answered_at_once_and_the_asker_still_decides(worker_process, model):
+    conversation_id, first_job = ask_for_a_reminder_at_5(model)
+
+    started = time.monotonic()
+    other = say("ok", "e2", sender_id="user-2")
+    assert (other.status, other.reason) == ("accepted", None)
+    wait_for(
+        lambda: len(replies(conversation_id)) == 2, ANSWERED_WITHIN_S, message="the other member answered"
+    )
+    assert time.monotonic() - started < ANSWERED_WITHIN_S
+    assert replies(conversation_id)[-1] == "ok: ok"
+    assert job(first_job).status == "awaiting_approval"  # the question stays open for the asker
+    assert execute("SELECT count(*) FROM reminder")[0][0] == 0
+
+    confirmed = say("yes", "e3")
+    assert (confirmed.status, confirmed.job_id, confirmed.reason) == (
+        "answer",
+        first_job,
+        "approval_approved",
+    )
+    wait_for(lambda: job(first_job).status == "done", ANSWERED_WITHIN_S, message="the reminder set")
+    (due_at,) = [row[0] for row in execute("SELECT due_at FROM reminder")]
+    assert due_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M") == f"{TOMORROW}T17:00"
+    assert replies(conversation_id)[-1] == f"Reminder set for {TOMORROW}T17:00:00+00:00."

@@ -19,12 +19,12 @@ from zenthor.models import ToolApproval
 REMIND = {"text": "call mom", "at": "17:00"}
 
 
-def inbound(text: str, pid: str, chat_id: str = "chat-a") -> InboundMessage:
+def inbound(text: str, pid: str, chat_id: str = "chat-a", sender_id: str = "user-1") -> InboundMessage:
     return InboundMessage(
         channel="webhook",
         account_id="acct",
         chat_id=chat_id,
-        sender_id="user-1",
+        sender_id=sender_id,
         text=text,
         provider_message_id=pid,
     )
@@ -41,8 +41,8 @@ def published():
     return []
 
 
-def send(text: str, pid: str, published: list, chat_id: str = "chat-a"):
-    return accept(inbound(text, pid, chat_id), publish=published.append)
+def send(text: str, pid: str, published: list, chat_id: str = "chat-a", sender_id: str = "user-1"):
+    return accept(inbound(text, pid, chat_id, sender_id), publish=published.append)
 
 
 def ask_for_approval(fake_model, published) -> tuple[int, int]:
@@ -295,6 +295,93 @@ def test_a_new_message_while_asked_is_answered_at_once(model_env, fake_model, to
     assert process_job(after.job_id) == "done"
     assert tools.calls == []
     assert outbox_texts(conversation_id)[-1] == "ok: yes"
+
+
+def test_in_a_group_only_the_asker_can_answer(model_env, fake_model, tools, published):
+    """Issue 11 item 2: another member's "ok" is an ordinary message, answered at once while the
+    question stays open for the asker, whose "yes" then approves."""
+    conversation_id, job_id = ask_for_approval(fake_model, published)
+    approval = ToolApproval.get(ToolApproval.job_id == job_id)
+
+    other = send("ok", "m2", published, sender_id="user-2")
+    assert (other.status, other.reason) == ("accepted", None)  # not an answer, and nothing superseded
+    # It does not wait behind the question: its turn runs now, while the asker's job still waits.
+    assert process_job(other.job_id) == "done"
+    assert outbox_texts(conversation_id)[-1] == "ok: ok"
+    assert tools.calls == []
+    assert job(job_id).status == "awaiting_approval"
+    assert ToolApproval.get_by_id(approval.id).status == "pending"
+    # The other member's turn read the open call as waiting, not as a broken one.
+    waiting = tool_result(fake_model.requests[-1]["messages"], "call_r")["content"]
+    assert waiting.startswith("Waiting for the user's approval")
+
+    answer = send("yes", "m3", published)
+    assert (answer.status, answer.job_id, answer.reason) == ("answer", job_id, "approval_approved")
+    fake_model.script(Reply(content="Done: I'll remind you at 17:00."))
+    assert process_job(job_id) == "done"
+    assert tools.calls == [("core_schedule_remind", REMIND)]
+    sent = fake_model.requests[-1]["messages"]
+    assert any(
+        m["content"].startswith("I'd like to use core_schedule_remind")
+        for m in sent
+        if m["role"] == "assistant"
+    )
+    assert sent[-1] == {"role": "user", "content": "yes"}
+    assert "ok" not in [m["content"] for m in sent if m["role"] == "user"]  # a later job: not in J's history
+    approved = ToolApproval.get_by_id(approval.id)
+    assert (approved.status, approved.asked_sender_id) == ("approved", "user-1")
+
+
+def test_a_non_asker_never_supersedes_and_the_asker_still_can(model_env, fake_model, tools, published):
+    conversation_id, job_id = ask_for_approval(fake_model, published)
+    other = send("yes but at 6pm", "m2", published, sender_id="user-2")
+    assert (other.status, other.reason) == ("accepted", None)
+    assert job(job_id).status == "awaiting_approval"
+    mine = send("actually, make it 6pm", "m3", published)
+    assert (mine.status, mine.reason) == ("accepted", "approval_superseded")
+    assert job(job_id).status == "done"
+
+
+def test_an_askers_newer_question_supersedes_their_older_one(model_env, fake_model, tools, published):
+    """Two messages of one member before either ran: the first asks; the second, no longer held
+    behind it, asks too. Each member has one open question, the one they read last."""
+    first = send("remind me to call mom at 5", "m1", published)
+    second = send("and remind me to call dad at 6", "m2", published)
+    fake_model.script(Reply(content=None, tool_calls=[tool_call("core_schedule_remind", REMIND, "call_r")]))
+    assert process_job(first.job_id) == "awaiting_approval"
+    dad = {"text": "call dad", "at": "18:00"}
+    fake_model.script(Reply(content=None, tool_calls=[tool_call("core_schedule_remind", dad, "call_d")]))
+    assert process_job(second.job_id) == "awaiting_approval"
+    assert job(first.job_id).status == "done"
+    statuses = execute("SELECT job_id, status FROM tool_approval ORDER BY id")
+    assert statuses == [(first.job_id, "superseded"), (second.job_id, "pending")]
+    assert send("yes", "m3", published).job_id == second.job_id
+    fake_model.script(Reply(content="Set for 18:00."))
+    assert process_job(second.job_id) == "done"
+    assert tools.calls == [("core_schedule_remind", dad)]
+
+
+def test_a_yes_after_expiry_is_expired_at_once_and_the_user_is_told(model_env, fake_model, tools, published):
+    """Issue 11 item 3: no sweep ran, but the answer comes after expires_at: the approval is
+    expired, the tool does not run, and the resumed turn tells the user."""
+    conversation_id, job_id = ask_for_approval(fake_model, published)
+    execute("UPDATE tool_approval SET expires_at = now() - interval '1 second'")
+    late = send("yes", "m2", published)
+    assert (late.status, late.job_id, late.reason) == ("answer", job_id, "approval_expired")
+    assert published[-1] == job_id
+    approval = ToolApproval.get(ToolApproval.job_id == job_id)
+    assert (approval.status, approval.answer_message_id) == ("expired", late.message_id)
+    fake_model.script(Reply(content="That request had expired, so I didn't set it. Shall I ask again?"))
+    assert process_job(job_id) == "done"
+    assert tools.calls == []
+    sent = fake_model.requests[-1]["messages"]
+    assert "after the approval request had expired" in tool_result(sent, "call_r")["content"]
+    assert sent[-1] == {"role": "user", "content": "yes"}
+    assert (
+        outbox_texts(conversation_id)[-1]
+        == "That request had expired, so I didn't set it. Shall I ask again?"
+    )
+    assert expire_approvals_step() == {"expired_approvals": 0}  # nothing left for the sweep
 
 
 def test_a_second_yes_is_a_new_message(model_env, fake_model, tools, published):

@@ -10,7 +10,7 @@ import pytest
 from tests.ingress.helpers import count, inbound
 from tests.support.workers import DbThread
 from zenthor.db import execute
-from zenthor.ingress import AnswerOutcome, InboundMessage, InvalidInbound, accept
+from zenthor.ingress import AnswerOutcome, AnswerRequest, InboundMessage, InvalidInbound, accept
 from zenthor.ingress import answers as answers_module
 from zenthor.models import Contact, Message
 
@@ -72,7 +72,7 @@ def test_ten_threads_sending_the_same_inbound_make_one_message_and_one_job():
 
 
 def test_failure_after_the_dedupe_insert_leaves_nothing_and_a_retry_is_accepted():
-    def exploding_handler(conversation_id: int, message_id: int, text: str):
+    def exploding_handler(request: AnswerRequest):
         raise RuntimeError("injected failure inside accept")
 
     answers_module.register_answer_handler(exploding_handler)
@@ -116,11 +116,11 @@ def test_accept_refuses_to_run_inside_a_transaction():
 
 
 def test_answer_handler_takes_the_message_instead_of_a_turn():
-    seen: list[tuple[int, int, str]] = []
+    seen: list[AnswerRequest] = []
 
-    def handler(conversation_id: int, message_id: int, text: str):
-        seen.append((conversation_id, message_id, text))
-        return AnswerOutcome(job_id=None, reason="approval_approved") if text == "YES" else None
+    def handler(request: AnswerRequest):
+        seen.append(request)
+        return AnswerOutcome(job_id=None, reason="approval_approved") if request.text == "YES" else None
 
     answers_module.register_answer_handler(handler)
     try:
@@ -133,11 +133,12 @@ def test_answer_handler_takes_the_message_instead_of_a_turn():
     assert published == [turn.job_id]
     assert count("agent_job") == 1
     assert count("message", "role = 'user'") == 2  # the answer is stored in the conversation
-    assert seen[-1] == (answer.conversation_id, answer.message_id, "YES")
+    # The handler is told who wrote it: in a group only the asker's answer counts.
+    assert seen[-1] == AnswerRequest(answer.conversation_id, answer.message_id, "user-1", "YES")
 
 
 def test_answer_outcome_job_is_published_after_commit():
-    answers_module.register_answer_handler(h := lambda c, m, t: AnswerOutcome(job_id=4242, reason="resumed"))
+    answers_module.register_answer_handler(h := lambda request: AnswerOutcome(job_id=4242, reason="resumed"))
     try:
         published: list[int] = []
         result = accept(inbound("YES"), publish=no_publish(published))
@@ -149,7 +150,7 @@ def test_answer_outcome_job_is_published_after_commit():
 def test_an_outcome_that_starts_a_turn_still_makes_the_message_a_turn():
     """A handler that settled a question the message did not answer (superseded): a turn job."""
     answers_module.register_answer_handler(
-        h := lambda c, m, t: AnswerOutcome(job_id=None, reason="approval_superseded", start_turn=True)
+        h := lambda request: AnswerOutcome(job_id=None, reason="approval_superseded", start_turn=True)
     )
     try:
         published: list[int] = []
@@ -228,8 +229,8 @@ def test_accepts_of_one_conversation_commit_in_the_order_of_their_ids():
     inside_first = threading.Event()
     release_first = threading.Event()
 
-    def pause_first(conversation_id: int, message_id: int, text: str):
-        if text == "first":
+    def pause_first(request: AnswerRequest):
+        if request.text == "first":
             inside_first.set()
             assert release_first.wait(10)
         return None

@@ -90,6 +90,27 @@ def test_jobs_of_one_conversation_are_claimed_in_arrival_order():
     assert isinstance(claim(second, "w"), Lease)
 
 
+def test_a_job_awaiting_approval_does_not_hold_the_line():
+    """I2 with approvals (issue 11 item 2): a job waiting for its asker's answer lets the jobs
+    behind it run; resumed, it takes back its old place ahead of whatever is still pending."""
+    from zenthor.queue import next_pending_job, resume_job
+
+    conversation = make_conversation()
+    asked, other, later = (make_job(conversation, text) for text in ("asked", "other", "later"))
+    lease = claim(asked, "w")
+    complete(lease, status="awaiting_approval")
+    assert next_pending_job(conversation) == other  # nudged now, not after the answer
+    assert claim(later, "w").reason == "conversation_busy"  # FIFO among the others is kept
+    busy = claim(other, "w")
+    assert isinstance(busy, Lease)
+    assert resume_job(asked, {"approval_id": 1, "decision": "approved"})
+    assert claim(asked, "w").reason == "conversation_busy"  # still one turn at a time
+    complete(busy)
+    assert next_pending_job(conversation) == asked  # the resumed job is back at its old place
+    assert claim(later, "w").reason == "conversation_busy"
+    assert isinstance(claim(asked, "w"), Lease)
+
+
 def test_database_refuses_two_processing_jobs_in_one_conversation():
     """I2 is enforced by a partial unique index, not only by the claim's check."""
     conversation = make_conversation()
@@ -294,7 +315,7 @@ def test_the_claim_finds_what_is_ahead_in_line_through_the_partial_indexes():
         for line in plan.splitlines()
         if " on agent_job " in line
     }
-    assert "agent_job_open_fifo" in scans["older"], plan
+    assert "agent_job_pending_fifo" in scans["older"], plan
     processing_only = ("agent_job_one_processing_per_conversation", "agent_job_processing_locked_until")
     assert any(index in scans["busy"] for index in processing_only), plan
     assert "Seq Scan" not in plan, plan

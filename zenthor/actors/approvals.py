@@ -1,8 +1,9 @@
 """Wiring of the agent's tool approvals into ingress and the sweep (imported by ``zenthor.actors``).
 
 Lives with the actors because it joins layers the agent must not import: the ingress answer hook
-(a yes/no resolves the pending approval and resumes its job instead of starting a turn; any other
-message closes the question as superseded and starts its turn) and the
+(the asker's yes/no resolves the pending approval and resumes its job instead of starting a turn;
+any other message of theirs closes the question as superseded and starts its turn; another
+member's message is an ordinary turn) and the
 sweep (approvals past ``APPROVAL_TTL_S`` resume their job with ``expired``). Also warns once, at
 start, when no model is configured and the echo responder will answer.
 """
@@ -14,14 +15,17 @@ from zenthor.actors.sweep import register_step
 from zenthor.agent.approvals import SUPERSEDED, SUPERSEDED_REASON, expire_due_approvals, handle_reply
 from zenthor.agent.echo import warn_if_unconfigured
 from zenthor.db import database
-from zenthor.ingress.answers import AnswerOutcome, register_answer_handler
+from zenthor.ingress.answers import AnswerOutcome, AnswerRequest, register_answer_handler
 from zenthor.settings import get_settings
 
 
-def approval_answer(conversation_id: int, message_id: int, text: str) -> AnswerOutcome | None:
-    """Ingress's answer handler: a yes or no to a pending approval resumes the waiting job; any
-    other message closes the question (superseded) and is answered as an ordinary turn."""
-    resolved = handle_reply(conversation_id, message_id, text)
+def approval_answer(request: AnswerRequest) -> AnswerOutcome | None:
+    """Ingress's answer handler: the asker's yes or no to a pending approval resumes the waiting
+    job (``approval_expired`` when it came too late); any other message of theirs closes the
+    question (superseded) and is answered as an ordinary turn. Others' messages are not answers."""
+    resolved = handle_reply(
+        request.conversation_id, request.message_id, request.text, sender_id=request.sender_id
+    )
     if resolved is None:
         return None
     if resolved.decision == SUPERSEDED:

@@ -1,12 +1,14 @@
 """Tool approvals without holding a worker: ask, end the job, resume it when the user answers.
 
-A turn that wants a tool which requires approval stores a ``tool_approval`` row and ends its job
-as ``awaiting_approval`` (the lease is released; the job keeps its conversation's place in line).
+A turn that wants a tool which requires approval stores a ``tool_approval`` row naming the sender
+it asks (``asked_sender_id``) and ends its job as ``awaiting_approval`` (the lease is released; the
+job does not hold its conversation's line, so other members of a group are answered meanwhile).
 :func:`handle_reply`, called by ingress inside its transaction, reads the user's next message:
 
-- an unambiguous yes or no (:func:`parse_answer`) resolves the approval and puts the same job back
-  in line as a ``resume``; the answer becomes part of that job (``message.kind =
-  'approval_answer'``), after the question it answers;
+- only the asker's message counts; anyone else's is an ordinary turn and the question stays open;
+- an unambiguous yes or no (:func:`parse_answer`) resolves the approval (as ``expired`` when it
+  comes after ``expires_at``) and puts the same job back in line as a ``resume``; the answer
+  becomes part of that job (``message.kind = 'approval_answer'``), after the question it answers;
 - anything else closes the question unanswered (``superseded``): the call gets a "not run" result,
   the waiting job is closed, and the message starts a normal turn that reads all of it.
 
@@ -184,13 +186,28 @@ NOT_REACHED_RESULT = (
     "give. Call it again if it is still needed."
 )
 
-# Newest first: the question the user has just read. Locked, so a second reply of the same
-# conversation (serialised by accept's conversation lock anyway) or the sweep cannot resolve it too.
-_PENDING_FOR_CONVERSATION = """
+# Newest first: the question this sender has just read (only the member who was asked can answer;
+# a row from before 0008 names nobody and anyone may). Locked, so a second reply of the same
+# conversation (serialised by accept's conversation lock anyway) or the sweep cannot resolve it
+# too. ``late``: past expires_at, though the sweep has not expired it yet.
+_PENDING_FOR_SENDER = """
+SELECT a.id, a.job_id, a.tool_call_id, a.expires_at <= now() AS late FROM tool_approval AS a
+  JOIN agent_job AS j ON j.id = a.job_id AND j.status = 'awaiting_approval'
+ WHERE a.conversation_id = %(conversation)s AND a.status = 'pending'
+   AND (a.asked_sender_id = %(sender)s OR a.asked_sender_id IS NULL)
+ ORDER BY a.id DESC LIMIT 1
+   FOR UPDATE OF a
+"""
+
+# Only read when the sender has no question of their own: is someone else's open (DEBUG event)?
+# The asker's other open questions, superseded when their newer turn asks again, so each member
+# has at most one question open (their next yes answers the one they read last).
+_PENDING_OF_ASKER = """
 SELECT a.id, a.job_id, a.tool_call_id FROM tool_approval AS a
   JOIN agent_job AS j ON j.id = a.job_id AND j.status = 'awaiting_approval'
- WHERE a.conversation_id = %s AND a.status = 'pending'
- ORDER BY a.id DESC LIMIT 1
+ WHERE a.conversation_id = %(conversation)s AND a.status = 'pending'
+   AND a.asked_sender_id = %(sender)s AND a.job_id <> %(job)s
+ ORDER BY a.id
    FOR UPDATE OF a
 """
 
@@ -224,6 +241,7 @@ RETURNING id
 """
 
 SUPERSEDED_REASON = "approval_superseded"
+EXPIRED_REASON = "approval_expired"
 
 
 def _resolved(
@@ -247,10 +265,14 @@ def _resume(
     decision: str,
     *,
     answer_message_id: int | None = None,
+    late: bool = False,
 ) -> ResolvedApproval | None:
     if not execute(_RESOLVE, (decision, answer_message_id, approval_id)):
         return None  # someone else resolved it first
-    if not resume_job(job_id, {"approval_id": approval_id, "decision": decision}):
+    payload: dict = {"approval_id": approval_id, "decision": decision}
+    if late:
+        payload["late"] = True  # the user answered, too late: the turn tells them so
+    if not resume_job(job_id, payload):
         return None
     return _resolved(
         approval_id, job_id, conversation_id, decision, "answer" if answer_message_id is not None else "sweep"
@@ -258,7 +280,12 @@ def _resume(
 
 
 def _supersede(
-    approval_id: int, job_id: int, conversation_id: int, tool_call_id: str | None, message_id: int
+    approval_id: int,
+    job_id: int,
+    conversation_id: int,
+    tool_call_id: str | None,
+    message_id: int | None,
+    source: str = "answer",
 ) -> ResolvedApproval | None:
     if not execute(_RESOLVE, (SUPERSEDED, message_id, approval_id)):
         return None
@@ -273,14 +300,19 @@ def _supersede(
     )
     # The job will not run again: it stops holding the line, and the reply's own turn is next.
     close_awaiting(job_id, SUPERSEDED_REASON)
-    return _resolved(approval_id, job_id, conversation_id, SUPERSEDED, "answer")
+    return _resolved(approval_id, job_id, conversation_id, SUPERSEDED, source)
 
 
-def handle_reply(conversation_id: int, message_id: int, text: str) -> ResolvedApproval | None:
-    """Settle the conversation's pending approval with the user message ``message_id``
+def handle_reply(
+    conversation_id: int, message_id: int, text: str, *, sender_id: str | None
+) -> ResolvedApproval | None:
+    """Settle the pending approval that asked ``sender_id`` with their message ``message_id``
     (caller's transaction, after the message is stored; the caller holds the conversation row).
 
-    - Nothing pending: None; the message is an ordinary turn.
+    - Nothing pending for this sender: None; the message is an ordinary turn. In a group,
+      another member's question stays open for them, and this message does not wait behind it.
+    - Past ``expires_at`` (the sweep has not run yet): an unambiguous yes or no resolves it as
+      ``expired``; the job resumes, does not run the tool, and tells the user it was too late.
     - An unambiguous yes or no (:func:`parse_answer`): the approval is resolved, its job is back
       in line as a ``resume`` and the message joins that job as its answer. The decision is
       ``approved`` or ``rejected``; no new turn is needed.
@@ -288,17 +320,48 @@ def handle_reply(conversation_id: int, message_id: int, text: str) -> ResolvedAp
       run" result), the waiting job is closed, and the decision is ``superseded``: the caller
       starts a normal turn for the message, which reads the question and this reply.
     """
-    rows = execute(_PENDING_FOR_CONVERSATION, (conversation_id,))
+    rows = execute(_PENDING_FOR_SENDER, {"conversation": conversation_id, "sender": sender_id})
     if not rows:
+        # No question of this sender's: an ordinary turn (another member's question, if any,
+        # stays open). Not counted: that would cost every message a statement.
         return None
-    approval_id, job_id, tool_call_id = rows[0]
+    approval_id, job_id, tool_call_id, late = rows[0]
     decision = parse_answer(text)
     if decision is None:
         return _supersede(approval_id, job_id, conversation_id, tool_call_id, message_id)
-    resolved = _resume(approval_id, job_id, conversation_id, decision, answer_message_id=message_id)
+    if late:
+        decision = EXPIRED
+    resolved = _resume(
+        approval_id, job_id, conversation_id, decision, answer_message_id=message_id, late=bool(late)
+    )
     if resolved is not None:
         execute(_ATTACH_ANSWER, (job_id, message_id))
     return resolved
+
+
+_WAITING_CALLS = """
+SELECT a.tool_call_id FROM tool_approval AS a
+ WHERE a.conversation_id = %s AND a.status = 'pending' AND a.job_id <> %s AND a.tool_call_id IS NOT NULL
+"""
+
+
+def waiting_call_ids(conversation_id: int, job_id: int) -> set[str]:
+    """The tool calls of other jobs in the conversation that still wait for their asker's answer."""
+    return {row[0] for row in execute(_WAITING_CALLS, (conversation_id, job_id))}
+
+
+def supersede_earlier_questions(conversation_id: int, job_id: int, asker: str | None) -> int:
+    """Close ``asker``'s other open questions in the conversation as superseded (caller's
+    transaction: the one that stores job ``job_id``'s new question). Their jobs are closed and
+    their calls get "not run" results; returns how many were closed."""
+    if asker is None:
+        return 0
+    closed = 0
+    rows = execute(_PENDING_OF_ASKER, {"conversation": conversation_id, "sender": asker, "job": job_id})
+    for approval_id, earlier_job, tool_call_id in rows:
+        if _supersede(approval_id, earlier_job, conversation_id, tool_call_id, None, "new_question"):
+            closed += 1
+    return closed
 
 
 _DUE = """

@@ -91,14 +91,24 @@ def load_history(conversation_id: int, job_id: int, message_id: int | None) -> l
     return [message for _, _, message in keyed]
 
 
-def repair_tool_pairs(messages: list[dict], *, open_call_ids: set[str] | None = None) -> list[dict]:
+WAITING_RESULT = "Waiting for the user's approval; not run yet."
+
+
+def repair_tool_pairs(
+    messages: list[dict],
+    *,
+    open_call_ids: set[str] | None = None,
+    waiting_call_ids: set[str] | None = None,
+) -> list[dict]:
     """Put each tool result right after the assistant message that called it, as the API requires.
 
     Results nobody called are dropped; a call without a result (a turn that failed after the
     call) gets a placeholder result, except for ``open_call_ids`` (calls this turn is still
-    answering, whose results come later in ``messages``).
+    answering, whose results come later in ``messages``). A call in ``waiting_call_ids`` (another
+    job's, waiting for its asker's approval) reads :data:`WAITING_RESULT` instead.
     """
     open_call_ids = open_call_ids or set()
+    waiting_call_ids = waiting_call_ids or set()
     results: dict[str, dict] = {}
     for message in messages:
         if message.get("role") == "tool" and message.get("tool_call_id"):
@@ -117,9 +127,10 @@ def repair_tool_pairs(messages: list[dict], *, open_call_ids: set[str] | None = 
                     repaired.append(results[call_id])
                     placed.add(call_id)
                 elif call_id not in open_call_ids:
-                    repaired.append(
-                        {"role": "tool", "tool_call_id": call_id, "content": "error: no result was recorded"}
+                    content = (
+                        WAITING_RESULT if call_id in waiting_call_ids else "error: no result was recorded"
                     )
+                    repaired.append({"role": "tool", "tool_call_id": call_id, "content": content})
     return repaired
 
 
@@ -185,6 +196,7 @@ def fit_to_window(
     window: int,
     tools: list[dict] | None = None,
     open_call_ids: set[str] | None = None,
+    waiting_call_ids: set[str] | None = None,
 ) -> tuple[list[dict], Compaction]:
     """The messages to send: system prompt, as much recent history as fits, this turn's messages.
 
@@ -197,7 +209,9 @@ def fit_to_window(
     budget -= estimate_message_tokens(system_message)
     # A single huge message (a pasted document, a long tool result) is cut to leave room.
     per_message = max(budget // 2, 16)
-    combined = repair_tool_pairs(history + turn_messages, open_call_ids=open_call_ids)
+    combined = repair_tool_pairs(
+        history + turn_messages, open_call_ids=open_call_ids, waiting_call_ids=waiting_call_ids
+    )
     combined = [_truncate(m, per_message - MESSAGE_OVERHEAD_TOKENS) for m in combined]
     units = _units(combined)
     kept: list[list[dict]] = []

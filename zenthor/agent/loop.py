@@ -30,7 +30,15 @@ from typing import Any
 
 from psycopg2.extras import Json
 
-from zenthor.agent.approvals import APPROVED, EXPIRED, REJECTED, approval_prompt, idempotency_key
+from zenthor.agent.approvals import (
+    APPROVED,
+    EXPIRED,
+    REJECTED,
+    approval_prompt,
+    idempotency_key,
+    supersede_earlier_questions,
+    waiting_call_ids,
+)
 from zenthor.agent.context import fit_to_window, load_history, report_compaction
 from zenthor.agent.errors import ModelError, TurnError
 from zenthor.agent.model_client import ModelClient, ToolCall
@@ -56,6 +64,11 @@ DECISION_RESULTS = {
     REJECTED: "The user rejected this tool call; it was not run. Do not retry it unless they ask.",
     EXPIRED: "The user did not answer the approval request in time; the tool was not run.",
 }
+# An answer that came after expires_at (before the sweep expired it): the turn tells the user.
+LATE_ANSWER_RESULT = (
+    "The user answered after the approval request had expired; the tool was not run. Tell them, "
+    "and ask again if they still want it."
+)
 
 
 @dataclass
@@ -125,6 +138,8 @@ class AgentLoop:
             if decision == APPROVED:
                 # The same key on every retry of this resume: the tool does its work once.
                 self._run_tool(call, dict(approval.tool_input or {}), idempotency_key(approval.id))
+            elif decision == EXPIRED and payload.get("late"):
+                self._add_result(call, LATE_ANSWER_RESULT)
             else:
                 self._add_result(call, DECISION_RESULTS[decision])
             pending = self._answer_calls(open_calls[index + 1 :])
@@ -142,8 +157,13 @@ class AgentLoop:
         system = system_prompt(self.conversation.channel, self.settings.system_prompt)
         shrunk = False
         step = 0
+        # Calls of other jobs still waiting for their asker (a group member's question): the
+        # model reads them as waiting, not as failed.
+        waiting = waiting_call_ids(self.ctx.conversation_id, self.ctx.job_id)
         while step < self.settings.max_steps:
-            messages, compaction = fit_to_window(system, history, self.new, window=window, tools=self.tools)
+            messages, compaction = fit_to_window(
+                system, history, self.new, window=window, tools=self.tools, waiting_call_ids=waiting
+            )
             report_compaction(
                 compaction, job_id=self.ctx.job_id, conversation_id=self.ctx.conversation_id, window=window
             )
@@ -277,7 +297,10 @@ class AgentLoop:
 def store_outcome(
     outcome: LoopOutcome, *, conversation_id: int, job_id: int, approval_ttl_s: int
 ) -> Callable[[Any], None]:
-    """The ``TurnResult.write`` callback: the turn's tool messages and its approval row, if any."""
+    """The ``TurnResult.write`` callback: the turn's tool messages and its approval row, if any.
+
+    The approval names the sender of the job's message as the one asked; an earlier question of
+    theirs still open in this conversation is superseded (one open question per member)."""
 
     def write(lease: Any) -> None:
         for message in outcome.new_messages:
@@ -294,7 +317,9 @@ def store_outcome(
             # expires_at on the database clock, like every lease, so hosts' clocks cannot disagree.
             rows = execute(
                 "INSERT INTO tool_approval (conversation_id, job_id, tool_name, tool_input, tool_call_id,"
-                " expires_at) VALUES (%s, %s, %s, %s, %s, now() + %s * interval '1 second') RETURNING id",
+                " expires_at, asked_sender_id) VALUES (%s, %s, %s, %s, %s, now() + %s * interval '1 second',"
+                " (SELECT m.sender_id FROM agent_job AS j JOIN message AS m ON m.id = j.message_id"
+                " WHERE j.id = %s)) RETURNING id, asked_sender_id",
                 (
                     conversation_id,
                     job_id,
@@ -302,8 +327,10 @@ def store_outcome(
                     Json(pending.arguments),
                     pending.call.id,
                     approval_ttl_s,
+                    job_id,
                 ),
             )
+            supersede_earlier_questions(conversation_id, job_id, rows[0][1])
             emit(
                 ev.APPROVAL_REQUESTED,
                 job_id=job_id,

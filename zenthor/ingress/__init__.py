@@ -1,6 +1,6 @@
 """Ingress: :class:`InboundMessage` and :func:`accept`, used by every channel (invariant I3)."""
 
-from zenthor.ingress.answers import AnswerHandler, AnswerOutcome, register_answer_handler
+from zenthor.ingress.answers import AnswerHandler, AnswerOutcome, AnswerRequest, register_answer_handler
 from zenthor.ingress.dedupe import prune_dedupe_keys
 from zenthor.ingress.message import InboundMessage, InvalidInbound, parse_sent_at
 from zenthor.ingress.pipeline import (
@@ -24,6 +24,7 @@ __all__ = [
     "AcceptResult",
     "AnswerHandler",
     "AnswerOutcome",
+    "AnswerRequest",
     "InboundMessage",
     "InvalidInbound",
     "accept",

@@ -16,6 +16,17 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class AnswerRequest:
+    """The stored user message a handler may take as an answer: who wrote it matters (in a group,
+    only the member who was asked can answer)."""
+
+    conversation_id: int
+    message_id: int
+    sender_id: str
+    text: str
+
+
+@dataclass(frozen=True)
 class AnswerOutcome:
     """What a handler did with the message."""
 
@@ -29,7 +40,7 @@ class AnswerOutcome:
             raise ValueError("an AnswerOutcome that starts a turn names no job of its own")
 
 
-AnswerHandler = Callable[[int, int, str], AnswerOutcome | None]  # (conversation_id, message_id, text)
+AnswerHandler = Callable[[AnswerRequest], AnswerOutcome | None]
 
 _handlers: list[AnswerHandler] = []
 _lock = threading.Lock()
@@ -49,12 +60,12 @@ def unregister_answer_handler(handler: AnswerHandler) -> None:
             _handlers.remove(handler)
 
 
-def find_answer(conversation_id: int, message_id: int, text: str) -> AnswerOutcome | None:
+def find_answer(request: AnswerRequest) -> AnswerOutcome | None:
     """The first handler's outcome, or None when the message is not an answer (caller's txn)."""
     with _lock:
         handlers = list(_handlers)
     for handler in handlers:
-        outcome = handler(conversation_id, message_id, text)
+        outcome = handler(request)
         if outcome is not None:
             if not isinstance(outcome, AnswerOutcome):
                 raise TypeError(f"answer handler {handler!r} returned {type(outcome).__name__}")

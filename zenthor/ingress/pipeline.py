@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from zenthor.db import database, execute
-from zenthor.ingress.answers import find_answer
+from zenthor.ingress.answers import AnswerRequest, find_answer
 from zenthor.ingress.dedupe import record_key
 from zenthor.ingress.message import InboundMessage
 from zenthor.ingress.policy import policy_for
@@ -112,7 +112,7 @@ def _accept_in_transaction(message: InboundMessage, key: str, policy) -> AcceptR
     )[0]
     # The one place where a message can be the answer to a pending question (tool approvals)
     # instead of the start of a turn. The handler writes in this same transaction.
-    outcome = find_answer(conversation_id, message_id, message.text)
+    outcome = find_answer(AnswerRequest(conversation_id, message_id, message.sender_id, message.text))
     if outcome is not None and not outcome.start_turn:
         return AcceptResult(ANSWER, conversation_id, message_id, outcome.job_id, outcome.reason)
     # A turn, also when a handler settled a question this message did not answer (superseded).

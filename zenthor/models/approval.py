@@ -26,6 +26,8 @@ class ToolApproval(BaseModel):
     resolved_at = DateTimeTZField(null=True)
     # The user message that answered or superseded it (0007). A plain column: no foreign key.
     answer_message_id = BigIntegerField(null=True)
+    # The sender of the message whose turn asked (0008): only their answer counts.
+    asked_sender_id = TextField(null=True)
 
     class Meta:
         table_name = "tool_approval"

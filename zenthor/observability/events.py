@@ -703,7 +703,8 @@ APPROVAL_RESOLVED = event(
     "decision",
     "source",
     description="decision: approved, rejected, expired or superseded (the reply was not an answer); "
-    "source: answer (the user's message) or sweep (APPROVAL_TTL_S passed)",
+    "source: answer (the asker's message; an answer after expires_at is expired), sweep "
+    "(APPROVAL_TTL_S passed) or new_question (the asker's newer turn asked again)",
     says="approval {approval_id} {decision} (by {source})",
 )
 ECHO_RESPONDER = event(

@@ -9,9 +9,12 @@ Fencing (I1): a claim hands out a fresh ``lease_token``; every later write names
 only ``status = 'processing' AND lease_token = <token>``. A stale token changes nothing and the
 call reports :class:`LeaseLost`.
 
-Order (I2): a claim refuses while an older job of the same conversation is still open, and the
-partial unique index ``agent_job_one_processing_per_conversation`` refuses a second processing job
-even when two claims race past that check.
+Order (I2): a claim refuses while an older job of the same conversation is still pending or
+another one is processing, and the partial unique index
+``agent_job_one_processing_per_conversation`` refuses a second processing job even when two claims
+race past that check. A job awaiting approval does not hold the line: it waits for one sender's
+answer, and the other members of a group are answered meanwhile; resumed, it is pending again
+with its old id, so it goes ahead of every job still pending behind it.
 """
 
 from __future__ import annotations
@@ -44,14 +47,15 @@ _EXPIRED = """(
          < now() - %(legacy_ms)s * interval '1 millisecond')
 )"""
 
-# "Something in this conversation is ahead of job j": an older open job (FIFO, answered from the
-# partial index agent_job_open_fifo) or another job processing now (from the partial unique index).
-# Kept as two probes that match those index predicates exactly; one probe over all three statuses
-# matches neither index and scans every older job of the table.
+# "Something in this conversation is ahead of job j": an older pending job (FIFO, answered from the
+# partial index agent_job_pending_fifo) or another job processing now (from the partial unique
+# index). Kept as two probes that match those index predicates exactly; one probe over both
+# statuses matches neither index and scans every older job of the table. A job awaiting approval
+# is not ahead of anyone (issue 11): only its asker can move it, and the others must not wait.
 _AHEAD_OF_J = """(
     EXISTS (SELECT 1 FROM agent_job AS older
              WHERE older.conversation_id = j.conversation_id AND older.id < j.id
-               AND older.status IN ('pending', 'awaiting_approval'))
+               AND older.status = 'pending')
  OR EXISTS (SELECT 1 FROM agent_job AS busy
              WHERE busy.conversation_id = j.conversation_id AND busy.status = 'processing'
                AND busy.id <> j.id)
@@ -195,9 +199,9 @@ UPDATE agent_job AS j
 RETURNING j.id, j.conversation_id
 """
 
-_NEXT_OPEN = """
-SELECT j.id, j.status FROM agent_job AS j
- WHERE j.conversation_id = %s AND j.status IN ('pending', 'awaiting_approval')
+_NEXT_PENDING = """
+SELECT j.id FROM agent_job AS j
+ WHERE j.conversation_id = %s AND j.status = 'pending'
  ORDER BY j.id LIMIT 1
 """
 
@@ -629,8 +633,9 @@ def requeue_stale(*, limit: int = 500, on_failed: Callable[[StaleJob], Any] | No
 
 def resume_job(job_id: int, payload: Any) -> bool:
     """Put a job that waits for the user's answer back in line as a ``resume`` (caller's
-    transaction; publish after commit). It keeps its place: messages that arrived while it
-    waited stay behind it. False when the job is not awaiting approval (already resumed).
+    transaction; publish after commit). It keeps its place: jobs still pending behind it wait for
+    it (one already processing finishes first). False when the job is not awaiting approval
+    (already resumed).
     """
     rows = execute(_RESUME, {"job_id": job_id, "payload": Json(payload)})
     if rows:
@@ -641,7 +646,7 @@ def resume_job(job_id: int, payload: Any) -> bool:
 def close_awaiting(job_id: int, reason: str) -> bool:
     """Close a job that waits for the user's answer without running it again (caller's
     transaction): the question was superseded by another message, which starts its own turn.
-    It stops holding its conversation's line. False when the job is not awaiting approval
+    False when the job is not awaiting approval
     (resumed or closed by someone else first).
     """
     rows = execute(_CLOSE_AWAITING, {"job_id": job_id, "reason": reason})
@@ -670,9 +675,10 @@ def republish_candidates(*, grace_ms: int | None = None, limit: int = 1000) -> l
 
 
 def next_pending_job(conversation_id: int) -> int | None:
-    """The conversation's next job to nudge: its oldest open job, if that one is pending.
+    """The conversation's next job to nudge: its oldest pending job, if any.
 
-    A job awaiting approval holds the line, so nothing behind it is nudged until it resolves.
+    A job awaiting approval is passed over (it waits for its asker, not for the line); once
+    resumed it is pending again and, being older, comes first.
     """
-    rows = execute(_NEXT_OPEN, (conversation_id,))
-    return rows[0][0] if rows and rows[0][1] == "pending" else None
+    rows = execute(_NEXT_PENDING, (conversation_id,))
+    return rows[0][0] if rows else None
