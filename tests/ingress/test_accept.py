@@ -199,6 +199,39 @@ def test_message_without_provider_id_gets_a_derived_key():
     assert key.startswith("derived:")
 
 
+def test_a_message_with_neither_id_nor_sent_at_is_refused():
+    """Without an id or the sender's time a repeat cannot be recognised (issue 11, item 6): the
+    message is refused naming what is missing, before anything is written."""
+    with pytest.raises(InvalidInbound) as info:
+        inbound("ok", message_id=None)
+    assert info.value.field == "sent_at" and "provider_message_id" in info.value.problem
+    with pytest.raises(InvalidInbound) as info:
+        InboundMessage.from_dict({**inbound("ok").to_dict(), "provider_message_id": None, "sent_at": None})
+    assert info.value.field == "sent_at"
+    # Either one is enough: an id alone, or a time alone.
+    assert inbound("ok", message_id="only-id").sent_at is None
+    assert (
+        inbound("ok", message_id=None, sent_at=datetime(2025, 1, 2, tzinfo=UTC))
+        .dedupe_key()
+        .startswith("derived:")
+    )
+    assert count("inbound_dedupe") == 0 and count("message") == 0
+
+
+def test_the_senders_time_is_stored_with_the_message():
+    """message.sent_at is the provider's time (issue 11, item 7); NULL when the channel gave none."""
+    sent = datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC)
+    with_time = accept(inbound("timed", message_id="t-1", sent_at=sent), publish=lambda _: True)
+    without = accept(inbound("untimed", message_id="t-2"), publish=lambda _: True)
+    assert Message.get_by_id(with_time.message_id).sent_at == sent
+    assert Message.get_by_id(without.message_id).sent_at is None
+    # A naive provider time is taken as UTC and stored as such.
+    naive = accept(
+        inbound("naive", message_id="t-3", sent_at=datetime(2025, 3, 4, 5, 6, 7)), publish=lambda _: True
+    )
+    assert Message.get_by_id(naive.message_id).sent_at == sent
+
+
 @pytest.mark.parametrize(
     ("overrides", "field"),
     [

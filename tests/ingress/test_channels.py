@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -89,10 +90,50 @@ def test_ingest_actor_accepts_once(worker):
     message = inbound("via actor")
     for _ in range(3):
         send_inbound(message)
-    ingest.send({"channel": "webhook"})  # invalid: rejected, not retried
+    ingest.send({"channel": "webhook"})  # invalid: dead-lettered, not retried
     wait_for(lambda: count("outbound_message") == 1, 15)
     worker.broker.join("ingest", timeout=10_000)
     assert count("message", "role = 'user'") == 1 and count("agent_job") == 1
+    wait_for(lambda: dead_letters("ingest") == 1, 15, message="the invalid payload in ingest.XQ")
+
+
+def dead_letters(queue: str) -> int:
+    """Messages waiting in ``queue``'s dead-letter queue (a passive declare reads the count)."""
+    from zenthor.broker import broker
+
+    return broker.channel.queue_declare(f"{queue}.XQ", passive=True).method.message_count
+
+
+def test_replaying_a_line_without_id_or_sent_at_twice_writes_nothing_and_names_the_line():
+    """Issue 11, item 6: such a line used to make a message, a job and a reply on every replay."""
+    line = json.dumps(
+        {"channel": "webhook", "account_id": "acct", "chat_id": "c", "sender_id": "u", "text": "hi"}
+    )
+    reports = [replay_lines([line], publish=lambda _: True) for _ in range(2)]
+    for report in reports:
+        assert (report.accepted, report.duplicate, report.invalid) == (0, 0, 1)
+        assert report.errors[0].startswith(
+            "line 1: sent_at: is required when the message has no provider_message_id"
+        )
+    assert count("message") == 0 and count("agent_job") == 0 and count("inbound_dedupe") == 0
+
+
+def test_the_ingest_actor_dead_letters_a_message_without_id_or_sent_at(worker, caplog):
+    """Issue 11, item 6: a (re)delivered payload without id or time is never accepted; it lands in
+    ingest.XQ with a typed event, once per delivery."""
+    from zenthor.actors.ingest import ingest
+
+    payload = {"channel": "webhook", "account_id": "acct", "chat_id": "c", "sender_id": "u", "text": "hi"}
+    caplog.set_level(logging.INFO, logger="zenthor.events")
+    ingest.send(payload)
+    ingest.send(payload)  # a redelivery of the same payload
+    worker.broker.join("ingest", timeout=10_000)
+    wait_for(lambda: dead_letters("ingest") == 2, 15, message="both deliveries in ingest.XQ")
+    assert count("message") == 0 and count("agent_job") == 0 and count("inbound_dedupe") == 0
+    events = [r for r in caplog.records if getattr(r, "event", None) == "inbound.dead_lettered"]
+    assert len(events) == 2
+    assert events[0].channel == "webhook" and events[0].account_id == "acct"
+    assert events[0].reason.startswith("sent_at: is required")
 
 
 def test_sweep_prunes_old_dedupe_keys_in_batches(settings_env):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -61,6 +62,15 @@ def test_accepted_then_duplicate(gateway):
     assert (again.status_code, again.json()) == (200, {"status": "duplicate"})
     assert count("message") == 1 and count("agent_job") == 1
     assert len(gateway.published) == 1
+
+
+def test_the_webhooks_sent_at_is_stored_with_the_message(gateway):
+    assert post(gateway, valid(sent_at="2025-05-01T10:00:00+02:00")).status_code == 202
+    assert post(gateway, valid(message_id="m-2", sent_at=1746086400)).status_code == 202
+    assert post(gateway, valid(message_id="m-3")).status_code == 202  # an id alone is enough
+    stored = {m.provider_message_id: m.sent_at for m in Message.select()}
+    assert stored["m-1"] == datetime(2025, 5, 1, 8, 0, tzinfo=UTC)
+    assert stored["m-2"].timestamp() == 1746086400 and stored["m-3"] is None
 
 
 @pytest.mark.parametrize(

@@ -91,7 +91,9 @@ def test_status_prints_for_people_and_json_for_scripts(fake_env):
         assert key in account
 
 
-def test_a_message_is_spooled_while_the_database_is_away_and_accepted_at_the_next_term(tmp_path, settings_env):
+def test_a_message_is_spooled_while_the_database_is_away_and_accepted_at_the_next_term(
+    tmp_path, settings_env
+):
     from zenthor.channels.whatsapp.fake_transport import parse_inbound_line
 
     settings_env(WHATSAPP_CONTACT_POLICY="open")
@@ -117,3 +119,31 @@ def test_a_message_is_spooled_while_the_database_is_away_and_accepted_at_the_nex
     assert handler.replay_spool(parse_inbound_line) == 0  # the spool is gone once handled
     assert db_count("SELECT count(*) FROM message WHERE provider_message_id = 'spooled-1'") == 1
     assert not Path(config.spool_path).exists()
+
+
+def test_the_whatsapp_timestamp_is_stored_as_the_messages_sent_at(tmp_path, settings_env):
+    """Issue 11, item 7: the adapter's timestamp (here the fake transport's line) reaches
+    message.sent_at, also through the spool."""
+    from zenthor.channels.whatsapp.fake_transport import parse_inbound_line
+
+    settings_env(WHATSAPP_CONTACT_POLICY="open")
+    config = InboundConfig("shop", "ignore", None, tmp_path / "shop.spool.jsonl")
+    handler = InboundHandler(config, IdentityBook("shop"), own_jids=lambda: (), publish=lambda _job: True)
+    line = {"id": "ts-1", "chat": "15551230000@s.whatsapp.net", "sender": "15551230000@s.whatsapp.net"}
+    assert (
+        handler(parse_inbound_line(json.dumps({**line, "text": "hi", "timestamp": 1746086400}))) == "accepted"
+    )
+    spooled = parse_inbound_line(json.dumps({**line, "id": "ts-2", "text": "later", "timestamp": 1746086460}))
+    init_database("postgresql://postgres@127.0.0.1:1/zenthor_nowhere")
+    try:
+        assert handler(spooled) == "spooled"
+    finally:
+        close_database()
+        init_database()
+    assert handler.replay_spool(parse_inbound_line) == 1
+    with database.connection_context():
+        stored = dict(database.execute_sql("SELECT provider_message_id, sent_at FROM message").fetchall())
+    assert stored == {
+        "ts-1": datetime.fromtimestamp(1746086400, UTC),
+        "ts-2": datetime.fromtimestamp(1746086460, UTC),
+    }

@@ -50,18 +50,53 @@ def output_reserve(window: int) -> int:
 
 # --- loading the history --------------------------------------------------------------------
 
-_HISTORY = """
+# Newest first, one keyset page at a time. The row comparison is on purpose: only the composite
+# ``message_conversation_id_idx`` can serve it, so the planner cannot walk ``message_pkey``
+# backwards through every newer row of every other chat (a plain ``m.id < %s`` lets it; see
+# docs/plans/issue-11.md S3). A user message's job comes from ``agent_job_message_id`` (0009).
+_HISTORY_PAGE = """
 SELECT m.id, m.role, m.content, m.tool_calls, m.tool_call_id,
        coalesce(m.job_id, (SELECT j.id FROM agent_job AS j WHERE j.message_id = m.id
                             ORDER BY j.id LIMIT 1)) AS job
   FROM message AS m
- WHERE m.conversation_id = %s
- ORDER BY m.id
+ WHERE m.conversation_id = %(conversation)s
+   AND (m.conversation_id, m.id) < (%(conversation)s, %(before)s)
+ ORDER BY m.id DESC
+ LIMIT %(limit)s
 """
 
+HISTORY_PAGE_ROWS = 200
+# A hard cap on the rows one turn reads, whatever the window: a turn's cost must not grow with
+# the chat (issue 11, item 9). Far more than a model reads well, even with a 128k window.
+HISTORY_MAX_MESSAGES = 1000
+_NO_ROW_ID = 2**63 - 1  # "before" of the first page: newer than any message id
 
-def load_history(conversation_id: int, job_id: int, message_id: int | None) -> list[dict]:
-    """The conversation as chat messages, as this job should see it.
+
+class History(list):
+    """The messages of :func:`load_history`; ``truncated`` says older ones were not read."""
+
+    truncated: bool = False
+
+
+def _summary_line(message: dict) -> str | None:
+    """The line :func:`_summary` would write for ``message`` (None: it writes none)."""
+    text = " ".join((message.get("content") or "").split())
+    if not text or message.get("role") not in ("user", "assistant"):
+        return None
+    if len(text) > SUMMARY_LINE_CHARS:
+        text = text[: SUMMARY_LINE_CHARS - 1] + "…"
+    return f"- {message['role']}: {text}"
+
+
+def load_history(
+    conversation_id: int,
+    job_id: int,
+    message_id: int | None,
+    *,
+    window: int | None = None,
+    max_messages: int = HISTORY_MAX_MESSAGES,
+) -> History:
+    """The conversation as chat messages, as this job should see it: its newest part.
 
     Messages of later jobs are left out (they wait their turn). Each job's messages stay
     together, so a turn that waited for approval reads as one piece: the user's message, the
@@ -69,17 +104,63 @@ def load_history(conversation_id: int, job_id: int, message_id: int | None) -> l
     the question and the user's answer (:func:`repair_tool_pairs` puts each result right after
     its call). User messages that belong to no job exist only from before approval answers
     joined their job (migration 0007); they are skipped.
+
+    Only the tail that can reach the model is read, newest first: rows until their estimate
+    fills ``window`` (minus the output reserve), then rows until their summary lines fill the
+    summary's room (so :func:`fit_to_window` summarizes as it would over the whole chat), and
+    never more than ``max_messages`` rows. ``window=None`` reads up to ``max_messages`` rows.
+    A result whose call was not read is dropped later by :func:`repair_tool_pairs`.
     """
-    rows = execute(_HISTORY, (conversation_id,))
+    room = summary_room = None
+    per_message = 0
+    if window is not None:
+        room = window - output_reserve(window)
+        per_message = max(room // 2, 16)  # as fit_to_window cuts a single huge message
+        summary_room = max(window // 10, 32)
+    newest_first: list[tuple[int, str, str | None, object, str | None, int | None]] = []
+    used = summary_used = 0
+    before = _NO_ROW_ID
+    truncated = False
+    full = False
+    while not full:
+        page = execute(
+            _HISTORY_PAGE,
+            {"conversation": conversation_id, "before": before, "limit": HISTORY_PAGE_ROWS},
+        )
+        for row in page:
+            row_id, role, content, _, _, job = row
+            before = row_id
+            if job is None and (role == "user" or (message_id is not None and row_id > message_id)):
+                continue
+            if job is not None and job > job_id:
+                continue
+            if full:  # a kept row beyond the budget: older messages exist that we did not read
+                truncated = True
+                break
+            newest_first.append(row)
+            if len(newest_first) >= max_messages:
+                full = True
+            elif room is not None:
+                message = {"role": role, "content": content, "tool_calls": row[3]}
+                if used < room:
+                    used += min(estimate_message_tokens(message), per_message)
+                else:
+                    line = _summary_line(message)
+                    summary_used += estimate_text_tokens(line) + 1 if line else 0
+                    full = summary_used > summary_room
+        if len(page) < HISTORY_PAGE_ROWS:
+            break
+        if full and not truncated:
+            # The budget filled on a page's last kept row: one more row tells if older ones exist.
+            truncated = bool(
+                execute(_HISTORY_PAGE, {"conversation": conversation_id, "before": before, "limit": 1})
+            )
+            break
     keyed: list[tuple[int, int, dict]] = []
     anchor = 0
-    for row_id, role, content, tool_calls, tool_call_id, job in rows:
+    for row_id, role, content, tool_calls, tool_call_id, job in reversed(newest_first):
         if job is None:
-            if role == "user" or (message_id is not None and row_id > message_id):
-                continue
             job = anchor  # a jobless assistant/system note stays where it was written
-        if job > job_id:
-            continue
         anchor = job
         message: dict = {"role": role, "content": content or ""}
         if role == "assistant" and tool_calls:
@@ -88,7 +169,9 @@ def load_history(conversation_id: int, job_id: int, message_id: int | None) -> l
             message["tool_call_id"] = tool_call_id
         keyed.append((job, row_id, message))
     keyed.sort(key=lambda item: (item[0], item[1]))
-    return [message for _, _, message in keyed]
+    history = History(message for _, _, message in keyed)
+    history.truncated = truncated
+    return history
 
 
 WAITING_RESULT = "Waiting for the user's approval; not run yet."
@@ -145,6 +228,7 @@ class Compaction:
     dropped_messages: int
     kept_messages: int
     estimated_tokens: int
+    history_truncated: bool = False  # load_history left older messages unread
 
 
 def _units(history: list[dict]) -> list[list[dict]]:
@@ -160,16 +244,14 @@ def _units(history: list[dict]) -> list[list[dict]]:
 
 def _summary(dropped: list[dict], budget_tokens: int) -> str | None:
     """An extractive summary of dropped messages, newest lines kept, within ``budget_tokens``."""
-    header = f"Summary of {len(dropped)} earlier messages of this conversation (oldest first):"
+    # No count in the header: only the history's tail is read, so the count would be a guess.
+    header = "Summary of earlier messages of this conversation (oldest first):"
     lines: list[str] = []
     used = estimate_text_tokens(header) + MESSAGE_OVERHEAD_TOKENS
     for message in reversed(dropped):
-        text = " ".join((message.get("content") or "").split())
-        if not text or message.get("role") not in ("user", "assistant"):
+        line = _summary_line(message)
+        if line is None:
             continue
-        if len(text) > SUMMARY_LINE_CHARS:
-            text = text[: SUMMARY_LINE_CHARS - 1] + "…"
-        line = f"- {message['role']}: {text}"
         cost = estimate_text_tokens(line) + 1
         if used + cost > budget_tokens:
             break
@@ -197,11 +279,16 @@ def fit_to_window(
     tools: list[dict] | None = None,
     open_call_ids: set[str] | None = None,
     waiting_call_ids: set[str] | None = None,
+    history_truncated: bool | None = None,
 ) -> tuple[list[dict], Compaction]:
     """The messages to send: system prompt, as much recent history as fits, this turn's messages.
 
     The estimate of the result (tools included) never exceeds ``window`` minus the output reserve.
+    ``history_truncated`` (default: the :class:`History`'s own flag) says older messages were not
+    read; when nothing else was dropped, that is reported as mode ``dropped``.
     """
+    if history_truncated is None:
+        history_truncated = getattr(history, "truncated", False)
     budget = window - output_reserve(window)
     if tools:
         budget -= estimate_text_tokens(json.dumps(tools))
@@ -236,10 +323,12 @@ def fit_to_window(
             mode = "summarized"
         else:
             mode = "dropped"
+    elif history_truncated:
+        mode = "dropped"  # the row cap left older messages unread; nothing else was dropped
     kept_messages = [m for unit in kept for m in unit]
     messages.extend(kept_messages)
     estimate = estimate_tokens(messages, tools)
-    return messages, Compaction(mode, len(dropped), len(kept_messages), estimate)
+    return messages, Compaction(mode, len(dropped), len(kept_messages), estimate, history_truncated)
 
 
 def report_compaction(compaction: Compaction, *, job_id: int, conversation_id: int, window: int) -> None:
@@ -254,5 +343,6 @@ def report_compaction(compaction: Compaction, *, job_id: int, conversation_id: i
         dropped_messages=compaction.dropped_messages,
         kept_messages=compaction.kept_messages,
         estimated_tokens=compaction.estimated_tokens,
+        history_truncated=compaction.history_truncated,
         window=window,
     )

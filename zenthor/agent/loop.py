@@ -124,13 +124,23 @@ class AgentLoop:
     # --- entry points -----------------------------------------------------------------------------
     def run(self) -> LoopOutcome:
         """A fresh turn: answer the job's message."""
-        history = load_history(self.ctx.conversation_id, self.ctx.job_id, self.ctx.message_id)
+        history = load_history(
+            self.ctx.conversation_id,
+            self.ctx.job_id,
+            self.ctx.message_id,
+            window=self.settings.context_window,
+        )
         return self._steps(history)
 
     def resume(self, payload: Any) -> LoopOutcome:
         """A resumed turn: answer the approved (or refused) call and the calls after it, go on."""
         approval, decision = self._approval_from(payload)
-        history = load_history(self.ctx.conversation_id, self.ctx.job_id, self.ctx.message_id)
+        history = load_history(
+            self.ctx.conversation_id,
+            self.ctx.job_id,
+            self.ctx.message_id,
+            window=self.settings.context_window,
+        )
         open_calls = self._open_calls(history)
         for index, call in enumerate(open_calls):
             if call.id != approval.tool_call_id:

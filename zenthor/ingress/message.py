@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,16 +19,16 @@ class InvalidInbound(ValueError):
         self.problem = problem
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 @dataclass(frozen=True)
 class InboundMessage:
     """A message a person sent on a channel, as the channel adapter received it.
 
     ``provider_message_id`` may be None for a provider that gives none; :meth:`dedupe_key` then
-    derives one. ``raw`` keeps the provider's payload for debugging (never logged).
+    derives one from the content and ``sent_at``, the sender's (provider's) time, so a message
+    needs at least one of the two: without either, a repeat cannot be recognised and the message
+    is refused (:class:`InvalidInbound` naming ``sent_at``). ``sent_at`` is stored with the
+    message for context and audit; it never orders turns (acceptance order does). ``raw`` keeps
+    the provider's payload for debugging (never logged).
     """
 
     channel: str
@@ -38,7 +38,7 @@ class InboundMessage:
     text: str
     provider_message_id: str | None = None
     sender_name: str | None = None
-    sent_at: datetime = field(default_factory=_now)
+    sent_at: datetime | None = None
     raw: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
@@ -55,6 +55,15 @@ class InboundMessage:
             value = getattr(self, name)
             if value is not None and "\x00" in value:
                 raise InvalidInbound(name, "must not contain NUL characters")
+        if self.sent_at is None:
+            if self.provider_message_id is None:
+                # Inventing a time here would make every redelivery a new message (issue 11, item 6).
+                raise InvalidInbound(
+                    "sent_at",
+                    "is required when the message has no provider_message_id "
+                    "(without either, a repeat cannot be recognised)",
+                )
+            return
         if not isinstance(self.sent_at, datetime):
             raise InvalidInbound("sent_at", f"must be a datetime, got {type(self.sent_at).__name__}")
         if self.sent_at.tzinfo is None:
@@ -70,6 +79,7 @@ class InboundMessage:
         """
         if self.provider_message_id is not None:
             return self.provider_message_id
+        assert self.sent_at is not None  # __post_init__ refuses a message with neither
         material = "\x1f".join(
             (self.chat_id, self.sender_id, self.sent_at.astimezone(UTC).isoformat(), self.text)
         )
@@ -85,7 +95,7 @@ class InboundMessage:
             "sender_name": self.sender_name,
             "provider_message_id": self.provider_message_id,
             "text": self.text,
-            "sent_at": self.sent_at.isoformat(),
+            "sent_at": self.sent_at.isoformat() if self.sent_at is not None else None,
             "raw": self.raw,
         }
 
@@ -109,7 +119,8 @@ class InboundMessage:
             text=data["text"],
             provider_message_id=data.get("provider_message_id"),
             sender_name=data.get("sender_name"),
-            sent_at=parse_sent_at(sent_at) if sent_at is not None else _now(),
+            # No time is invented: a missing one stays missing (see __post_init__).
+            sent_at=parse_sent_at(sent_at) if sent_at is not None else None,
             raw=raw,
         )
 

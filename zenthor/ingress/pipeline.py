@@ -41,8 +41,8 @@ RETURNING id
 """
 
 _INSERT_MESSAGE = """
-INSERT INTO message (conversation_id, role, content, sender_id, provider_message_id, created_at)
-VALUES (%s, 'user', %s, %s, %s, now())
+INSERT INTO message (conversation_id, role, content, sender_id, provider_message_id, sent_at, created_at)
+VALUES (%s, 'user', %s, %s, %s, %s, now())
 RETURNING id
 """
 
@@ -107,8 +107,10 @@ def _accept_in_transaction(message: InboundMessage, key: str, policy) -> AcceptR
     # follow commit order even when several senders write to one group chat at once. NO KEY
     # UPDATE does not block the foreign-key checks of other writers to this conversation.
     execute("SELECT 1 FROM conversation WHERE id = %s FOR NO KEY UPDATE", (conversation_id,))
+    # sent_at is the sender's time, kept for context and audit; turns follow acceptance order.
     (message_id,) = execute(
-        _INSERT_MESSAGE, (conversation_id, message.text, message.sender_id, message.provider_message_id)
+        _INSERT_MESSAGE,
+        (conversation_id, message.text, message.sender_id, message.provider_message_id, message.sent_at),
     )[0]
     # The one place where a message can be the answer to a pending question (tool approvals)
     # instead of the start of a turn. The handler writes in this same transaction.

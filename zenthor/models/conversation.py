@@ -54,6 +54,9 @@ class Message(BaseModel):
     # What a message is besides its role (0007): approval_question, approval_answer, failure,
     # reminder; None for ordinary messages.
     kind = TextField(null=True)
+    # The provider's (sender's) time of a user message, when known (0010); audit only: turns
+    # follow acceptance order, never this.
+    sent_at = DateTimeTZField(null=True)
     created_at = DateTimeTZField(constraints=[SQL("DEFAULT now()")])
 
     class Meta:

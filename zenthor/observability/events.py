@@ -277,13 +277,15 @@ INBOUND_IGNORED = event(
     "reason",
     says="ignored a {channel} message from {sender_id}: {reason}",
 )
-INBOUND_REJECTED = event(
-    "inbound.rejected",
+INBOUND_DEAD_LETTERED = event(
+    "inbound.dead_lettered",
     "channel",
     "account_id",
     "reason",
     level=logging.WARNING,
-    says="rejected a {channel} message for account {account_id}: {reason}",
+    description="the ingest actor refused a payload (a bad field, or neither id nor sent time) "
+    "and moved it to ingest.XQ without a retry",
+    says="dead-lettered a {channel} message for account {account_id}: {reason}",
 )
 OUTBOUND_SENT = event(
     "outbound.sent",
@@ -657,8 +659,10 @@ CONTEXT_COMPACTED = event(
     "dropped_messages",
     "kept_messages",
     "estimated_tokens",
+    "history_truncated",
     "window",
-    description="older messages left the model context: mode summarized or dropped",
+    description="older messages left the model context: mode summarized or dropped "
+    "(history_truncated: the turn read only the history's tail)",
     says="context of conversation {conversation_id} compacted ({mode}): {dropped_messages} older message(s) left it",
 )
 AGENT_TOOL_CALLED = event(

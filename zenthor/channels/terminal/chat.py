@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from zenthor.channels.terminal import CHANNEL
 from zenthor.db import database, execute
@@ -49,6 +50,7 @@ class TerminalChat:
             sender_name=self.sender_name,
             provider_message_id=f"terminal-{uuid.uuid4()}",
             text=text,
+            sent_at=datetime.now(UTC),  # the person typed it just now: that is the sender's time
         )
         with database.connection_context():
             result = accept(message, publish=self.publish)
