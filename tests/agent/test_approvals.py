@@ -117,6 +117,18 @@ NOT_ANSWERS = [
     "thanks, yes",
     "yes yes yes yes yes yes yes yes yes",
     "what's the weather tomorrow?",
+    # a question back or hesitation is not consent
+    "sim?",
+    "pode?",
+    "certo?",
+    "isso?",
+    "ok?",
+    "yes?",
+    "go ahead?",
+    "👍?",
+    "¿sí",
+    "ok...",
+    "ok…",
     "no idea what that means, can you explain it",
     "",
     "   ",
@@ -295,6 +307,23 @@ def test_a_new_message_while_asked_is_answered_at_once(model_env, fake_model, to
     assert process_job(after.job_id) == "done"
     assert tools.calls == []
     assert outbox_texts(conversation_id)[-1] == "ok: yes"
+
+
+def test_a_yes_after_the_assistant_answered_the_askers_next_message_is_not_an_approval(
+    model_env, fake_model, tools, published
+):
+    """The asker's second message ran while the question waited and got its own reply; their
+    "yes" then answers that reply, not the older question: nothing is approved behind their back."""
+    fake_model.script(Reply(content=None, tool_calls=[tool_call("core_schedule_remind", REMIND, "call_r")]))
+    first = send("remind me to call mom at 5", "m1", published)
+    second = send("what's the weather tomorrow?", "m2", published)  # accepted before the question
+    assert process_job(first.job_id) == "awaiting_approval"
+    assert process_job(second.job_id) == "done"  # answered while the question waits
+    reply = send("yes", "m3", published)
+    assert (reply.status, reply.reason) == ("accepted", "approval_superseded")
+    assert process_job(reply.job_id) == "done"
+    assert tools.calls == []
+    assert execute("SELECT status FROM tool_approval")[0][0] == "superseded"
 
 
 def test_in_a_group_only_the_asker_can_answer(model_env, fake_model, tools, published):

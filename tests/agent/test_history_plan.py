@@ -8,7 +8,7 @@ import time
 
 from tests.support.factories import make_conversation, make_job
 from zenthor.agent import context
-from zenthor.agent.context import HISTORY_MAX_MESSAGES, fit_to_window, load_history
+from zenthor.agent.context import fit_to_window, load_history
 from zenthor.db import execute
 
 BIG_CHAT = 30_000
@@ -80,9 +80,27 @@ def test_a_turns_history_in_a_30k_message_chat_reads_the_tail_by_the_conversatio
     # Loose for a loaded 2-core test box; the whole-chat read took ~1 s here before (issue 11).
     print("load_history ms:", [round(t, 2) for t in timings])
     assert statistics.median(timings) < 30, timings
-    assert len(history) == HISTORY_MAX_MESSAGES and history.truncated
+    # The window, not a row cap, ends the read: ~17-token rows fill 32k in under 2,000 rows.
+    assert 1000 < len(history) < 2500 and history.truncated
     assert history[-1] == {"role": "user", "content": "the newest question"}
     assert history[-2]["content"].startswith(f"message {BIG_CHAT} ")
+
+
+def test_a_chat_of_short_messages_that_fits_the_window_is_read_whole():
+    """3,000 short messages (~15k tokens) fit a 32k window: all of them are read, none summarized."""
+    conversation = make_conversation("short")
+    for i in range(1_500):
+        job = make_job(conversation, f"q{i}")
+        execute(
+            "INSERT INTO message (conversation_id, role, content, job_id) VALUES (%s, 'assistant', %s, %s)",
+            (conversation, f"a{i}", job),
+        )
+    job_id = make_job(conversation, "last")
+    message_id = execute("SELECT message_id FROM agent_job WHERE id = %s", (job_id,))[0][0]
+    tail = load_history(conversation, job_id, message_id, window=32_000)
+    whole = load_history(conversation, job_id, message_id, max_messages=10_000)
+    assert not tail.truncated and len(tail) == len(whole) == 3_001
+    assert fit_to_window("sys", tail, [], window=32_000) == fit_to_window("sys", whole, [], window=32_000)
 
 
 def test_the_tail_gives_the_same_context_as_the_whole_history():

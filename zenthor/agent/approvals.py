@@ -130,6 +130,9 @@ def parse_answer(text: str | None) -> str | None:
     """
     if not text:
         return None
+    stripped = text.strip()
+    if "?" in stripped or "¿" in stripped or stripped.endswith(("...", "…")):
+        return None  # "sim?", "ok?", "certo?", "ok…": a question back or hesitation, not consent
     folded = _fold(text)
     if not folded or len(folded) > MAX_ANSWER_CHARS:
         return None
@@ -189,9 +192,21 @@ NOT_REACHED_RESULT = (
 # Newest first: the question this sender has just read (only the member who was asked can answer;
 # a row from before 0008 names nobody and anyone may). Locked, so a second reply of the same
 # conversation (serialised by accept's conversation lock anyway) or the sweep cannot resolve it
-# too. ``late``: past expires_at, though the sweep has not expired it yet.
+# too. ``late``: past expires_at, though the sweep has not expired it yet. ``overtaken``: since the
+# question, the assistant answered another message of the same person (their next message ran
+# while this one waited): a "yes" now most likely answers that newer reply, not this question.
 _PENDING_FOR_SENDER = """
-SELECT a.id, a.job_id, a.tool_call_id, a.expires_at <= now() AS late FROM tool_approval AS a
+SELECT a.id, a.job_id, a.tool_call_id, a.expires_at <= now() AS late,
+       EXISTS (
+           SELECT 1 FROM message AS later
+             JOIN agent_job AS lj ON lj.id = later.job_id
+             JOIN message AS theirs ON theirs.id = lj.message_id
+            WHERE later.conversation_id = a.conversation_id AND later.role = 'assistant'
+              AND later.job_id <> a.job_id
+              AND later.id > (SELECT max(q.id) FROM message AS q WHERE q.job_id = a.job_id)
+              AND (a.asked_sender_id IS NULL OR theirs.sender_id = a.asked_sender_id)
+       ) AS overtaken
+  FROM tool_approval AS a
   JOIN agent_job AS j ON j.id = a.job_id AND j.status = 'awaiting_approval'
  WHERE a.conversation_id = %(conversation)s AND a.status = 'pending'
    AND (a.asked_sender_id = %(sender)s OR a.asked_sender_id IS NULL)
@@ -325,8 +340,9 @@ def handle_reply(
         # No question of this sender's: an ordinary turn (another member's question, if any,
         # stays open). Not counted: that would cost every message a statement.
         return None
-    approval_id, job_id, tool_call_id, late = rows[0]
-    decision = parse_answer(text)
+    approval_id, job_id, tool_call_id, late, overtaken = rows[0]
+    # A yes or no counts only as the answer to the last thing the assistant said to this person.
+    decision = None if overtaken else parse_answer(text)
     if decision is None:
         return _supersede(approval_id, job_id, conversation_id, tool_call_id, message_id)
     if late:

@@ -66,8 +66,9 @@ SELECT m.id, m.role, m.content, m.tool_calls, m.tool_call_id,
 """
 
 HISTORY_PAGE_ROWS = 200
-# A hard cap on the rows one turn reads, whatever the window: a turn's cost must not grow with
-# the chat (issue 11, item 9). Far more than a model reads well, even with a 128k window.
+# The rows a turn reads without a window. With one, the bound comes from the window (the most
+# messages that could fit it and its summary), so it never cuts a chat that fits; either way a
+# turn's cost follows the window, not the chat's length (issue 11, item 9).
 HISTORY_MAX_MESSAGES = 1000
 _NO_ROW_ID = 2**63 - 1  # "before" of the first page: newer than any message id
 
@@ -107,8 +108,9 @@ def load_history(
 
     Only the tail that can reach the model is read, newest first: rows until their estimate
     fills ``window`` (minus the output reserve), then rows until their summary lines fill the
-    summary's room (so :func:`fit_to_window` summarizes as it would over the whole chat), and
-    never more than ``max_messages`` rows. ``window=None`` reads up to ``max_messages`` rows.
+    summary's room (so :func:`fit_to_window` summarizes as it would over the whole chat). Kept
+    rows are capped by what could fit the window (or ``max_messages`` without one, or when it is
+    larger). Rows of later jobs are skipped, not counted: a resumed old job reads past them.
     A result whose call was not read is dropped later by :func:`repair_tool_pairs`.
     """
     room = summary_room = None
@@ -117,6 +119,9 @@ def load_history(
         room = window - output_reserve(window)
         per_message = max(room // 2, 16)  # as fit_to_window cuts a single huge message
         summary_room = max(window // 10, 32)
+        # Every kept message costs at least its overhead and a token, every summary line two:
+        # more rows than this cannot fit, so the cap never binds before the window does.
+        max_messages = max(max_messages, room // (MESSAGE_OVERHEAD_TOKENS + 1) + summary_room // 2 + 1)
     newest_first: list[tuple[int, str, str | None, object, str | None, int | None]] = []
     used = summary_used = 0
     before = _NO_ROW_ID

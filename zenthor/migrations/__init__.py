@@ -1,7 +1,10 @@
 """Numbered schema migrations, applied in order by Peewee's ``playhouse.migrations`` runner.
 
 ``zenthor migrate`` calls :func:`migrate`. A Postgres advisory lock makes two migrate processes
-started at once (two containers, say) harmless: the second waits, then finds nothing to do.
+started at once (two containers, say) harmless: the second waits, then finds nothing to do. It
+waits between statements (``pg_try_advisory_lock`` in a loop), never inside one: a session
+blocked in ``pg_advisory_lock`` holds a snapshot, which the first one's ``CREATE INDEX
+CONCURRENTLY`` would wait for, while it waits for the lock — a deadlock.
 
 From ``0007`` on a migration sets ``atomic = False`` (the runner then opens no transaction, so
 ``CREATE INDEX CONCURRENTLY`` is allowed; the advisory lock is a session lock) and every statement
@@ -10,6 +13,7 @@ is idempotent, so a run that stopped halfway can simply be run again.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from playhouse.migrations import Runner
@@ -25,10 +29,11 @@ def runner() -> Runner:
     return Runner(database.obj, str(MIGRATIONS_DIR), table_name="schema_migration")
 
 
-def migrate() -> list[str]:
+def migrate(*, poll_s: float = 0.2) -> list[str]:
     """Apply every pending migration; returns the names applied."""
     with database.connection_context():
-        database.execute_sql("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
+        while not database.execute_sql("SELECT pg_try_advisory_lock(%s)", (_LOCK_KEY,)).fetchone()[0]:
+            time.sleep(poll_s)  # another migrate runs; no statement (no snapshot) open meanwhile
         try:
             return runner().up()
         finally:
