@@ -84,6 +84,20 @@ class Settings(BaseSettings):
     AI_RETRY_MAX_MS: int = Field(default=20_000, ge=0)
     AI_MAX_STEPS: int = Field(default=10, ge=1, le=50)
     AI_TOOL_TIMEOUT_S: float = Field(default=20.0, gt=0)
+    # The most rows one turn reads from its conversation's tail when no context window bounds it
+    # (with a window, the bound is what could fit it and its summary, and the larger one wins).
+    AI_HISTORY_MAX_MESSAGES: int = Field(default=1_000, ge=20)
+    # The language of an approval question when the user's message does not tell (en or pt).
+    APPROVAL_DEFAULT_LANGUAGE: Literal["en", "pt"] = "en"
+
+    # --- retention (issue 11, item 10) ----------------------------------------------------
+    # Finished jobs, sent or failed outbox rows, resolved approvals and delivered or cancelled
+    # reminders are deleted this many days after they finished, by a sweep step in batches.
+    RETENTION_DAYS: int = Field(default=30, ge=1)
+    # Messages are the conversation's memory: kept unless this is set (days; never an open job's).
+    MESSAGE_RETENTION_DAYS: int | None = Field(default=None, ge=1)
+    # Rows deleted per statement (one short transaction each).
+    RETENTION_BATCH: int = Field(default=1_000, ge=10, le=50_000)
 
     # --- plugins --------------------------------------------------------------------------
     PLUGINS_CONFIG: str = "config/plugins.toml"

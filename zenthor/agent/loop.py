@@ -39,7 +39,12 @@ from zenthor.agent.approvals import (
     supersede_earlier_questions,
     waiting_call_ids,
 )
-from zenthor.agent.context import fit_to_window, load_history, report_compaction
+from zenthor.agent.context import (
+    HISTORY_MAX_MESSAGES,
+    fit_to_window,
+    load_history,
+    report_compaction,
+)
 from zenthor.agent.errors import ModelError, TurnError
 from zenthor.agent.model_client import ModelClient, ToolCall
 from zenthor.agent.prompts import system_prompt
@@ -97,6 +102,7 @@ class TurnSettings:
     max_steps: int
     tool_timeout_s: float
     approval_ttl_s: int
+    history_max_messages: int = HISTORY_MAX_MESSAGES
 
 
 class AgentLoop:
@@ -129,6 +135,7 @@ class AgentLoop:
             self.ctx.job_id,
             self.ctx.message_id,
             window=self.settings.context_window,
+            max_messages=self.settings.history_max_messages,
         )
         return self._steps(history)
 
@@ -140,6 +147,7 @@ class AgentLoop:
             self.ctx.job_id,
             self.ctx.message_id,
             window=self.settings.context_window,
+            max_messages=self.settings.history_max_messages,
         )
         open_calls = self._open_calls(history)
         for index, call in enumerate(open_calls):

@@ -86,6 +86,7 @@ def run_turn(ctx: TurnContext) -> TurnResult:
             max_steps=settings.AI_MAX_STEPS,
             tool_timeout_s=settings.AI_TOOL_TIMEOUT_S,
             approval_ttl_s=settings.APPROVAL_TTL_S,
+            history_max_messages=settings.AI_HISTORY_MAX_MESSAGES,
         ),
     )
     try:
