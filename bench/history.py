@@ -155,7 +155,9 @@ def main() -> int:
             base_times, base_rows = run_turns(make_chat("empty", 0), args.turns, args.window)
             base = statistics.median(base_times)
             print(f"fake model, no delay; window {args.window} tokens; {args.turns} turns per chat")
-            print(f"{'earlier msgs':>12} {'median ms':>10} {'p90 ms':>8} {'ratio':>6} {'rows read':>9} {'whole read ms':>13}")
+            print(
+                f"{'earlier msgs':>12} {'median ms':>10} {'p90 ms':>8} {'ratio':>6} {'rows read':>9} {'whole read ms':>13}"
+            )
             print(f"{0:>12} {base:>10.2f} {p90(base_times):>8.2f} {1.0:>6.2f} {base_rows:>9} {'-':>13}")
             for size in sizes:
                 conversation = make_chat(f"chat-{size}", size)

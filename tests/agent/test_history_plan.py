@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import statistics
-import time
 
 from tests.support.factories import make_conversation, make_job
 from zenthor.agent import context
@@ -61,7 +59,7 @@ def _build_big_chat() -> tuple[int, int, int]:
     return big, job_id, message_id
 
 
-def test_a_turns_history_in_a_30k_message_chat_reads_the_tail_by_the_conversation_index():
+def test_a_turns_history_in_a_30k_message_chat_reads_the_tail_by_the_conversation_index(monkeypatch):
     conversation, job_id, message_id = _build_big_chat()
     params = {"conversation": conversation, "before": 2**63 - 1, "limit": context.HISTORY_PAGE_ROWS}
     plan = "\n".join(row[0] for row in execute("EXPLAIN (ANALYZE, BUFFERS) " + context._HISTORY_PAGE, params))
@@ -69,17 +67,20 @@ def test_a_turns_history_in_a_30k_message_chat_reads_the_tail_by_the_conversatio
     assert "message_pkey" not in plan and "Seq Scan" not in plan, plan
     assert "agent_job_message_id on agent_job" in plan, plan  # the job of a user row: no scan
     print(plan)  # shown with -s: the evidence for the plan test
-    execution_ms = float(plan.rsplit("Execution Time: ", 1)[1].split()[0])
-    assert execution_ms < 5, plan  # one page of the newest 200 rows
+    # How long it takes is measured in bench.history, not here (times on a shared box are noise);
+    # what makes it fast is asserted: the plan above, and a read bounded by pages, not the chat.
+    statements = []
+    real_execute = context.execute
 
-    timings = []
-    for _ in range(5):
-        started = time.perf_counter()
-        history = load_history(conversation, job_id, message_id, window=32_000)
-        timings.append((time.perf_counter() - started) * 1000)
-    # Loose for a loaded 2-core test box; the whole-chat read took ~1 s here before (issue 11).
-    print("load_history ms:", [round(t, 2) for t in timings])
-    assert statistics.median(timings) < 30, timings
+    def counting_execute(sql, params=None):
+        statements.append(sql)
+        return real_execute(sql, params)
+
+    monkeypatch.setattr(context, "execute", counting_execute)
+    history = load_history(conversation, job_id, message_id, window=32_000)
+    monkeypatch.undo()
+    # ~1,900 rows fill the window: 10 pages of 200, and one probe for the row before the cut.
+    assert len(statements) <= 11, len(statements)
     # The window, not a row cap, ends the read: ~17-token rows fill 32k in under 2,000 rows.
     assert 1000 < len(history) < 2500 and history.truncated
     assert history[-1] == {"role": "user", "content": "the newest question"}
