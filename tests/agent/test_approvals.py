@@ -5,18 +5,25 @@ from __future__ import annotations
 
 import pytest
 
+from tests.agent.conftest import FakeTools
 from tests.agent.helpers import job, messages, outbox_texts
 from tests.support.fake_model import Reply, tool_call
 from tests.support.workers import wait_for
 from zenthor.actors.approvals import expire_approvals_step
 from zenthor.actors.dispatch import process_job
 from zenthor.actors.sweep import run_sweep
+from zenthor.agent import toolbox
+from zenthor.agent.approval_question import QUESTION_SUFFIX
 from zenthor.agent.approvals import parse_answer
 from zenthor.db import execute
 from zenthor.ingress import InboundMessage, accept
 from zenthor.models import ToolApproval
+from zenthor.plugins.tools import ToolDescription
 
 REMIND = {"text": "call mom", "at": "17:00"}
+# What FakeTools' remind is asked as: it has no describe(), so its name made readable, and the
+# arguments as a list a person reads (the manifest's summary is tested with the real registry).
+QUESTION = 'I\'d like to use "Core schedule remind" with text: "call mom"; at: "17:00".'
 
 
 def inbound(text: str, pid: str, chat_id: str = "chat-a", sender_id: str = "user-1") -> InboundMessage:
@@ -45,12 +52,42 @@ def send(text: str, pid: str, published: list, chat_id: str = "chat-a", sender_i
     return accept(inbound(text, pid, chat_id, sender_id), publish=published.append)
 
 
-def ask_for_approval(fake_model, published) -> tuple[int, int]:
+def script_remind(fake_model, arguments: dict = REMIND, call_id: str = "call_r") -> None:
+    """The model's next reply calls the risky tool (``core_schedule_remind``)."""
+    fake_model.script(Reply(content=None, tool_calls=[tool_call("core_schedule_remind", arguments, call_id)]))
+
+
+def ask_for_approval(
+    fake_model,
+    published,
+    *,
+    arguments: dict = REMIND,
+    call_id: str = "call_r",
+    text: str = "remind me to call mom at 5",
+    pid: str = "m1",
+    chat_id: str = "chat-a",
+) -> tuple[int, int]:
     """A turn whose model wants the risky tool: returns (conversation_id, job_id) awaiting approval."""
-    fake_model.script(Reply(content=None, tool_calls=[tool_call("core_schedule_remind", REMIND, "call_r")]))
-    result = send("remind me to call mom at 5", "m1", published)
+    script_remind(fake_model, arguments, call_id)
+    result = send(text, pid, published, chat_id=chat_id)
     assert process_job(result.job_id) == "awaiting_approval"
     return result.conversation_id, result.job_id
+
+
+def read_after_the_question(fake_model, call_id: str = "call_r") -> list[dict]:
+    """The last request's messages after the system prompt, checked to be the asking job's own:
+    the user's message, the call, its result, the question, the user's reply."""
+    sent = fake_model.requests[-1]["messages"][1:]
+    assert [(m["role"], m.get("tool_call_id")) for m in sent] == [
+        ("user", None),
+        ("assistant", None),
+        ("tool", call_id),
+        ("assistant", None),
+        ("user", None),
+    ]
+    assert sent[1]["tool_calls"][0]["id"] == call_id
+    assert sent[3]["content"].startswith(QUESTION)
+    return sent
 
 
 # Only an unambiguous yes or no answers a question; anything else is an ordinary message.
@@ -65,6 +102,7 @@ APPROVED_REPLIES = [
     "👍🏽",
     "✅✅",
     "Sim",
+    "SIM",  # as the Portuguese question writes it
     "Sim, pode!",
     "pode",
     "claro!",
@@ -80,6 +118,7 @@ REJECTED_REPLIES = [
     "no thanks",
     "No, thank you!",
     "Não",
+    "NÃO",  # as the Portuguese question writes it
     "nao",
     "não, obrigado",
     "nao pode",
@@ -152,11 +191,80 @@ def test_risky_tool_asks_and_releases_the_worker(model_env, fake_model, tools, p
     assert (row.status, row.locked_until, row.lease_token is not None) == ("awaiting_approval", None, True)
     assert tools.calls == []
     prompt = outbox_texts(conversation_id)
-    assert len(prompt) == 1 and prompt[0].startswith("I'd like to use core_schedule_remind")
-    assert "Reply YES to approve or NO to reject." in prompt[0]
+    assert prompt == [f"{QUESTION} (valid for 10 minutes) {QUESTION_SUFFIX['en']}"]
     approval = ToolApproval.get(ToolApproval.job_id == job_id)
     assert (approval.status, approval.tool_input, approval.tool_call_id) == ("pending", REMIND, "call_r")
     assert execute("SELECT expires_at > now() + interval '9 minutes' FROM tool_approval")[0][0]
+
+
+class DescribedTools(FakeTools):
+    """FakeTools whose risky tool has a manifest title but no summary."""
+
+    def describe(self, name: str) -> ToolDescription | None:
+        if name != "core_schedule_remind":
+            return None
+        return ToolDescription(
+            title="Schedule a reminder", summary={}, plugin_name="Reminders", tool_name="remind"
+        )
+
+
+def test_a_tool_without_a_summary_is_asked_by_title_and_readable_arguments(
+    model_env, fake_model, monkeypatch, published
+):
+    """Issue 11 item 5: no internal name, no JSON; the user's language; an answer in it approves."""
+    registry = DescribedTools()
+    monkeypatch.setattr(toolbox, "get_registry", lambda: registry)
+    arguments = {
+        "text": "call   mom\n",
+        "at": "2026-03-14T17:00",
+        "tags": ["family", "phone"],
+        "loud": True,
+        "repeat": {"every": "week", "until": None},
+        "note": "x" * 200,
+    }
+    detail = 'tags: "family", "phone"; loud: {}; repeat: (every: "week"); note: "' + "x" * 119 + '…"'
+
+    english, _ = ask_for_approval(fake_model, published, arguments=arguments)
+    (question,) = outbox_texts(english)
+    assert question == (
+        'I\'d like to use "Schedule a reminder" with text: "call mom"; at: Sat 14 Mar 2026, 17:00; '
+        + detail.format("yes")
+        + ". (valid for 10 minutes) Reply YES to go ahead or NO to cancel."
+    )
+
+    model_env(APPROVAL_TTL_S="3600")
+    portuguese, job_id = ask_for_approval(
+        fake_model,
+        published,
+        arguments=arguments,
+        text="me lembra de ligar pra mãe amanhã",
+        pid="p1",
+        chat_id="chat-pt",
+    )
+    (question,) = outbox_texts(portuguese)
+    assert question == (
+        'Quero usar "Schedule a reminder" com text: "call mom"; at: sáb 14/03/2026 às 17:00; '
+        + detail.format("sim")
+        + ". (vale por 1 hora) Responda SIM para confirmar ou NÃO para cancelar."
+    )
+    for asked in (outbox_texts(english)[0], question):
+        assert "core_schedule" not in asked and "{" not in asked and '":' not in asked
+    # The answer the question asks for is an answer.
+    answer = send("SIM", "p2", published, chat_id="chat-pt")
+    assert (answer.status, answer.job_id, answer.reason) == ("answer", job_id, "approval_approved")
+
+
+def test_a_message_that_tells_no_language_is_asked_in_the_default_one(
+    model_env, fake_model, tools, published
+):
+    model_env(APPROVAL_DEFAULT_LANGUAGE="pt")
+    conversation_id, _ = ask_for_approval(fake_model, published, text="17h")
+    (question,) = outbox_texts(conversation_id)
+    assert question.startswith('Quero usar "Core schedule remind" com text: "call mom"')
+    assert question.endswith(QUESTION_SUFFIX["pt"])
+    # A message that tells wins over the default.
+    english, _ = ask_for_approval(fake_model, published, pid="m2", chat_id="chat-en")
+    assert outbox_texts(english)[0].endswith(QUESTION_SUFFIX["en"])
 
 
 def test_yes_runs_the_tool_and_finishes_the_turn(model_env, fake_model, tools, published):
@@ -169,17 +277,8 @@ def test_yes_runs_the_tool_and_finishes_the_turn(model_env, fake_model, tools, p
     assert tools.calls == [("core_schedule_remind", REMIND)]
     # The answer belongs to the job it answered, after the question: the model reads the call, its
     # result, the question and the user's YES.
-    sent = fake_model.requests[-1]["messages"][1:]
-    assert [(m["role"], m.get("tool_call_id")) for m in sent] == [
-        ("user", None),
-        ("assistant", None),
-        ("tool", "call_r"),
-        ("assistant", None),
-        ("user", None),
-    ]
-    assert sent[1]["tool_calls"][0]["id"] == "call_r"
+    sent = read_after_the_question(fake_model)
     assert sent[2]["content"] == '{"scheduled": true, "reminder_id": 7}'
-    assert sent[3]["content"].startswith("I'd like to use core_schedule_remind")
     assert sent[4]["content"] == "YES"
     assert outbox_texts(conversation_id)[-1] == "Done: I'll remind you at 17:00."
     approval = ToolApproval.get(ToolApproval.job_id == job_id)
@@ -249,17 +348,8 @@ def test_an_answer_that_is_not_yes_or_no_supersedes_the_question_and_starts_a_tu
     fake_model.script(Reply(content="Shall I set it for 18:00 instead?"))
     assert process_job(reply.job_id) == "done"
     assert tools.calls == []  # the 17:00 reminder was never set
-    sent = fake_model.requests[-1]["messages"][1:]
-    assert [(m["role"], m.get("tool_call_id")) for m in sent] == [
-        ("user", None),
-        ("assistant", None),
-        ("tool", "call_r"),
-        ("assistant", None),
-        ("user", None),
-    ]
-    assert sent[1]["tool_calls"][0]["id"] == "call_r"
+    sent = read_after_the_question(fake_model)
     assert "not run" in sent[2]["content"].lower() and "did not approve" in sent[2]["content"]
-    assert sent[3]["content"].startswith("I'd like to use core_schedule_remind")
     assert sent[4] == {"role": "user", "content": "yes but at 6pm"}
     assert outbox_texts(conversation_id)[-1] == "Shall I set it for 18:00 instead?"
     # The closed question is not expired later, and nothing resumes the closed job.
@@ -314,7 +404,7 @@ def test_a_yes_after_the_assistant_answered_the_askers_next_message_is_not_an_ap
 ):
     """The asker's second message ran while the question waited and got its own reply; their
     "yes" then answers that reply, not the older question: nothing is approved behind their back."""
-    fake_model.script(Reply(content=None, tool_calls=[tool_call("core_schedule_remind", REMIND, "call_r")]))
+    script_remind(fake_model)
     first = send("remind me to call mom at 5", "m1", published)
     second = send("what's the weather tomorrow?", "m2", published)  # accepted before the question
     assert process_job(first.job_id) == "awaiting_approval"
@@ -350,11 +440,7 @@ def test_in_a_group_only_the_asker_can_answer(model_env, fake_model, tools, publ
     assert process_job(job_id) == "done"
     assert tools.calls == [("core_schedule_remind", REMIND)]
     sent = fake_model.requests[-1]["messages"]
-    assert any(
-        m["content"].startswith("I'd like to use core_schedule_remind")
-        for m in sent
-        if m["role"] == "assistant"
-    )
+    assert any(m["content"].startswith(QUESTION) for m in sent if m["role"] == "assistant")
     assert sent[-1] == {"role": "user", "content": "yes"}
     assert "ok" not in [m["content"] for m in sent if m["role"] == "user"]  # a later job: not in J's history
     approved = ToolApproval.get_by_id(approval.id)
@@ -376,10 +462,10 @@ def test_an_askers_newer_question_supersedes_their_older_one(model_env, fake_mod
     behind it, asks too. Each member has one open question, the one they read last."""
     first = send("remind me to call mom at 5", "m1", published)
     second = send("and remind me to call dad at 6", "m2", published)
-    fake_model.script(Reply(content=None, tool_calls=[tool_call("core_schedule_remind", REMIND, "call_r")]))
+    script_remind(fake_model)
     assert process_job(first.job_id) == "awaiting_approval"
     dad = {"text": "call dad", "at": "18:00"}
-    fake_model.script(Reply(content=None, tool_calls=[tool_call("core_schedule_remind", dad, "call_d")]))
+    script_remind(fake_model, dad, "call_d")
     assert process_job(second.job_id) == "awaiting_approval"
     assert job(first.job_id).status == "done"
     statuses = execute("SELECT job_id, status FROM tool_approval ORDER BY id")
@@ -423,7 +509,7 @@ def test_a_second_yes_is_a_new_message(model_env, fake_model, tools, published):
 def test_worker_is_never_held_while_waiting(model_env, fake_model, tools, worker):
     from zenthor.broker import lease_heartbeat
 
-    fake_model.script(Reply(content=None, tool_calls=[tool_call("core_schedule_remind", REMIND, "call_r")]))
+    script_remind(fake_model)
     first = accept(inbound("remind me", "w1"))
     wait_for(lambda: job(first.job_id).status == "awaiting_approval", 15, message="approval asked")
     # The worker thread lets go of the lease as soon as its message is processed.

@@ -166,3 +166,72 @@ def test_builtin_manifests_are_valid(name):
     result, diagnostics = validate_manifest(data)
     assert diagnostics == []
     assert result.id == name.replace("_", "-")
+
+
+REMIND_TOOL = tool(
+    name="remind",
+    title="Set a reminder",
+    input_schema={
+        "type": "object",
+        "required": ["when", "text"],
+        "properties": {"when": {"type": "string"}, "text": {"type": "string"}},
+    },
+)
+
+
+@pytest.mark.parametrize(
+    ("summary", "path", "message"),
+    [
+        ({"en": 'Set "{text}"', "pt": "Criar {foo}"}, "tools[0].summary.pt", "unknown placeholder {foo}"),
+        ("At {when:%H:%M}", "tools[0].summary", "format spec '%H:%M' is not allowed in {when:%H:%M}"),
+        ("Set {text!r}", "tools[0].summary", "conversion !r is not allowed in {text!r}"),
+        ("Set {text.upper}", "tools[0].summary", "unknown placeholder {text.upper}"),
+        ("Set {0}", "tools[0].summary", "unknown placeholder {0}"),
+        ("Set {text", "tools[0].summary", "not a valid template: expected '}' before end of string"),
+        ({"EN": "Set {text}"}, "tools[0].summary", "'EN' is not in the expected format"),
+        ({"en": "x" * 201}, "tools[0].summary.en", None),
+        ({}, "tools[0].summary", None),
+    ],
+)
+def test_a_summary_must_name_arguments_of_the_tool(summary, path, message):
+    """Issue 11 item 5: a template a person will read is checked when the plugin loads, not when
+    a user is asked."""
+    _, diagnostics = validate_manifest(manifest(tools=[tool(**REMIND_TOOL, summary=summary)]))
+    assert [d.path for d in diagnostics] == [path], [str(d) for d in diagnostics]
+    if message is not None:
+        assert diagnostics[0].message == message
+    assert diagnostics[0].expected
+    # The arguments it may name are in what the author reads.
+    if "placeholder" in diagnostics[0].message:
+        assert "(text, when)" in diagnostics[0].expected
+
+
+def test_a_summary_that_names_arguments_is_valid():
+    summary = {"en": 'Set a reminder "{text}" for {when:datetime} {{sic}}', "pt": "Criar {text}"}
+    result, diagnostics = validate_manifest(manifest(tools=[tool(**REMIND_TOOL, summary=summary)]))
+    assert diagnostics == []
+    assert (result.tools[0].title, result.tools[0].summary) == ("Set a reminder", summary)
+    title_too_long, _ = validate_manifest(manifest(tools=[tool(**{**REMIND_TOOL, "title": "t" * 81})]))
+    assert title_too_long is None
+
+
+def test_normalizing_titles_and_summaries_is_idempotent():
+    data = manifest(
+        tools=[
+            tool(**REMIND_TOOL, summary="Set {text}"),
+            tool(name="other", title="Other", summary={"pt": "Outro {text}", "en": "Other {text}"}),
+            tool(name="plain"),
+        ]
+    )
+    once = normalize_manifest(data)
+    assert once == normalize_manifest(once)
+    by_name = {t["name"]: t for t in once["tools"]}
+    # A plain string is English; languages are sorted; a tool without them gets no keys at all.
+    assert by_name["remind"]["summary"] == {"en": "Set {text}"}
+    assert list(by_name["other"]["summary"]) == ["en", "pt"]
+    assert "title" not in by_name["plain"] and "summary" not in by_name["plain"]
+    result, diagnostics = validate_manifest(once)
+    assert diagnostics == []
+    remind = next(t for t in result.tools if t.name == "remind")
+    assert (remind.title, remind.summary) == ("Set a reminder", {"en": "Set {text}"})
+    assert next(t for t in result.tools if t.name == "plain").summary == {}

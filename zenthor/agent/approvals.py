@@ -18,7 +18,6 @@ job does not hold its conversation's line, so other members of a group are answe
 
 from __future__ import annotations
 
-import json
 import unicodedata
 from dataclasses import dataclass
 
@@ -148,18 +147,6 @@ def parse_answer(text: str | None) -> str | None:
     if answers == {_NO}:
         return REJECTED
     return None  # "yes no", "👍👎": both
-
-
-def approval_prompt(tool_name: str, arguments: dict) -> str:
-    """What the user reads when a tool needs their approval."""
-    shown = json.dumps(arguments, ensure_ascii=False, sort_keys=True)
-    if len(shown) > 300:
-        shown = shown[:297] + "..."
-    detail = f" with {shown}" if arguments else ""
-    return f"I'd like to use {tool_name}{detail}. {APPROVAL_PROMPT_SUFFIX}"
-
-
-APPROVAL_PROMPT_SUFFIX = "Reply YES to approve or NO to reject."
 
 
 def idempotency_key(approval_id: int) -> str:

@@ -30,11 +30,11 @@ from typing import Any
 
 from psycopg2.extras import Json
 
+from zenthor.agent.approval_question import approval_question
 from zenthor.agent.approvals import (
     APPROVED,
     EXPIRED,
     REJECTED,
-    approval_prompt,
     idempotency_key,
     supersede_earlier_questions,
     waiting_call_ids,
@@ -46,6 +46,7 @@ from zenthor.agent.context import (
     report_compaction,
 )
 from zenthor.agent.errors import ModelError, TurnError
+from zenthor.agent.language import guess_language
 from zenthor.agent.model_client import ModelClient, ToolCall
 from zenthor.agent.prompts import system_prompt
 from zenthor.agent.toolbox import (
@@ -103,6 +104,8 @@ class TurnSettings:
     tool_timeout_s: float
     approval_ttl_s: int
     history_max_messages: int = HISTORY_MAX_MESSAGES
+    # The approval question's language when the user's message does not tell (en or pt).
+    approval_default_language: str = "en"
 
 
 class AgentLoop:
@@ -126,6 +129,7 @@ class AgentLoop:
         self.names = set(registry.tool_names())
         self.new: list[dict] = []
         self._tool_context = None
+        self._message: Message | None = None
 
     # --- entry points -----------------------------------------------------------------------------
     def run(self) -> LoopOutcome:
@@ -263,16 +267,33 @@ class AgentLoop:
         self.new.append({"role": "tool", "tool_call_id": call.id, "content": content})
 
     def _ask(self, pending: PendingApproval) -> LoopOutcome:
-        return LoopOutcome(
-            replies=[approval_prompt(pending.call.name, pending.arguments)],
-            new_messages=self.new,
-            approval=pending,
+        # A registry without describe() (a test's stand-in, an older one) still gets a question.
+        describe = getattr(self.registry, "describe", None)
+        question = approval_question(
+            pending.call.name,
+            pending.arguments,
+            description=describe(pending.call.name) if callable(describe) else None,
+            language=self._language(),
+            valid_for_s=self.settings.approval_ttl_s,
         )
+        return LoopOutcome(replies=[question], new_messages=self.new, approval=pending)
 
     # --- helpers ----------------------------------------------------------------------------------
+    def _language(self) -> str:
+        """The language of the job's user message (for a resume, the message that started it,
+        which the job keeps); the configured default when it does not tell."""
+        message = self._user_message()
+        guessed = guess_language(message.content if message is not None else None)
+        return guessed or self.settings.approval_default_language
+
+    def _user_message(self) -> Message | None:
+        if self._message is None and self.ctx.message_id:
+            self._message = Message.get_or_none(Message.id == self.ctx.message_id)
+        return self._message
+
     def _context(self) -> Any:
         if self._tool_context is None:
-            message = Message.get_or_none(Message.id == self.ctx.message_id) if self.ctx.message_id else None
+            message = self._user_message()
             self._tool_context = make_tool_context(
                 conversation_id=self.conversation.id,
                 channel=self.conversation.channel,

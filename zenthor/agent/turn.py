@@ -87,6 +87,7 @@ def run_turn(ctx: TurnContext) -> TurnResult:
             tool_timeout_s=settings.AI_TOOL_TIMEOUT_S,
             approval_ttl_s=settings.APPROVAL_TTL_S,
             history_max_messages=settings.AI_HISTORY_MAX_MESSAGES,
+            approval_default_language=settings.APPROVAL_DEFAULT_LANGUAGE,
         ),
     )
     try:

@@ -3,17 +3,23 @@
 A plugin ships its manifest as data (``zenthor-plugin.json``, or a dict exposed by an entry point),
 so the runtime reads and checks it without running the plugin's code. Validation is jsonschema's
 (Draft 2020-12), plus the checks a schema cannot express (a ``config_schema`` that is itself a
-schema, duplicate tool names, the length of the name the model sees). Each problem is a
+schema, duplicate tool names, the length of the name the model sees, summary templates whose
+placeholders must name the tool's arguments). Each problem is a
 :class:`Diagnostic` with its path in the manifest (``tools[1].name``) and what was expected.
 
 Normalization is deterministic: defaults filled, capabilities sorted, tools sorted by name, each
-tool carrying its own risk and approval flag; normalizing a normalized manifest changes nothing.
+tool carrying its own risk and approval flag, a plain-string ``summary`` becoming ``{"en": s}``;
+normalizing a normalized manifest changes nothing.
+
+A tool's optional ``title`` and ``summary`` are for people, not the model: the approval question
+(:func:`zenthor.agent.approval_question.approval_question`) renders the summary with the call's arguments.
 """
 
 from __future__ import annotations
 
 import copy
 import re
+import string
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +38,11 @@ SEMVER = (
     r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
     r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
 )
+
+SUMMARY_MAX_CHARS = 200
+# The one format spec a summary placeholder may carry: an ISO 8601 value a person can read.
+SUMMARY_FORMAT_SPECS = ("datetime",)
+DEFAULT_LANGUAGE = "en"
 
 _TOOL_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -63,6 +74,34 @@ _TOOL_SCHEMA: dict[str, Any] = {
             "exclusiveMinimum": 0,
             "maximum": 600,
             "description": "seconds, more than 0 and at most 600",
+        },
+        "title": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 80,
+            "description": "a short name a person reads (1 to 80 characters, e.g. Set a reminder)",
+        },
+        "summary": {
+            # String keywords apply to a string, object keywords to an object: one schema says both.
+            "type": ["string", "object"],
+            "minLength": 1,
+            "maxLength": SUMMARY_MAX_CHARS,
+            "minProperties": 1,
+            "propertyNames": {
+                "pattern": r"^[a-z]{2}$",
+                "description": "a two-letter language code (e.g. en, pt)",
+            },
+            "additionalProperties": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": SUMMARY_MAX_CHARS,
+                "description": f"a template of 1 to {SUMMARY_MAX_CHARS} characters",
+            },
+            "description": (
+                f"a template of 1 to {SUMMARY_MAX_CHARS} characters a person reads when asked to approve "
+                'a call (e.g. Set a reminder "{text}" for {when:datetime}), or an object from a '
+                "two-letter language code to such a template"
+            ),
         },
     },
 }
@@ -134,6 +173,10 @@ class ToolSpec:
     risk: str
     requires_approval: bool
     timeout_s: float | None = None
+    # What a person reads when asked to approve a call: a short name, and templates by language
+    # (``{"en": "Set a reminder \"{text}\" for {when:datetime}"}``; empty when the manifest has none).
+    title: str | None = None
+    summary: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -265,6 +308,7 @@ def _tool_diagnostics(data: dict[str, Any], tools: list[Any]) -> list[Diagnostic
             continue
         if isinstance(tool.get("input_schema"), dict):
             diagnostics += check_schema(tool["input_schema"], f"tools[{index}].input_schema")
+            diagnostics += summary_diagnostics(tool, f"tools[{index}].summary")
         name = tool.get("name")
         if not isinstance(name, str):
             continue
@@ -289,6 +333,65 @@ def _tool_diagnostics(data: dict[str, Any], tools: list[Any]) -> list[Diagnostic
     return diagnostics
 
 
+def summary_diagnostics(tool: dict[str, Any], path: str) -> list[Diagnostic]:
+    """Problems of a tool's ``summary`` templates that its schema cannot see: each placeholder must
+    name an argument (an ``input_schema`` property), with no format spec but ``datetime``.
+
+    A template that is not a string (or a language code that is wrong) is the schema's to report.
+    """
+    summary = tool.get("summary")
+    if isinstance(summary, str):
+        templates = {None: summary}
+    elif isinstance(summary, dict):
+        templates = {language: text for language, text in summary.items() if isinstance(text, str)}
+    else:
+        return []
+    properties = (tool.get("input_schema") or {}).get("properties")
+    names = set(properties) if isinstance(properties, dict) else set()
+    expected = (
+        f"placeholders naming arguments of the tool ({', '.join(sorted(names)) or 'it has none'}), "
+        "such as {name} or {name:datetime}; {{ and }} for a literal brace"
+    )
+    diagnostics = []
+    for language, template in templates.items():
+        where = path if language is None else join_path(path, format_path([language]))
+        diagnostics += [
+            Diagnostic(where, problem, expected) for problem in template_problems(template, names)
+        ]
+    return diagnostics
+
+
+def template_problems(template: str, names: set[str]) -> list[str]:
+    """What is wrong with ``template`` as a summary over arguments ``names`` (empty when nothing)."""
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as error:
+        return [f"not a valid template: {error}"]
+    problems = []
+    for _, field_name, spec, conversion in parts:
+        if field_name is None:
+            continue  # literal text only
+        shown = (
+            "{" + field_name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+        )
+        if field_name not in names:
+            problems.append(f"unknown placeholder {shown}")
+        elif conversion:
+            problems.append(f"conversion !{conversion} is not allowed in {shown}")
+        elif spec and spec not in SUMMARY_FORMAT_SPECS:
+            problems.append(f"format spec {spec!r} is not allowed in {shown}")
+    return problems
+
+
+def normalize_summary(summary: str | dict[str, str] | None) -> dict[str, str]:
+    """A summary as templates by language: a plain string is English (``{"en": s}``); idempotent."""
+    if summary is None:
+        return {}
+    if isinstance(summary, str):
+        return {DEFAULT_LANGUAGE: summary}
+    return dict(sorted(summary.items()))
+
+
 def normalize_manifest(data: dict[str, Any]) -> dict[str, Any]:
     """Fill defaults and fix the order; idempotent (``normalize(normalize(m)) == normalize(m)``)."""
     data = copy.deepcopy(data)
@@ -305,6 +408,11 @@ def normalize_manifest(data: dict[str, Any]) -> dict[str, Any]:
         }
         if tool.get("timeout_s") is not None:
             entry["timeout_s"] = float(tool["timeout_s"])
+        # Written only when present, so a manifest without them normalizes as it always did.
+        if tool.get("title") is not None:
+            entry["title"] = tool["title"]
+        if tool.get("summary") is not None:
+            entry["summary"] = normalize_summary(tool["summary"])
         tools.append(entry)
     return {
         "id": data["id"],
@@ -339,6 +447,8 @@ def _build(normalized: dict[str, Any]) -> Manifest:
                 risk=t["risk"],
                 requires_approval=t["requires_approval"],
                 timeout_s=t.get("timeout_s"),
+                title=t.get("title"),
+                summary=dict(t.get("summary") or {}),
             )
             for t in normalized["tools"]
         ),

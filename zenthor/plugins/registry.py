@@ -52,6 +52,7 @@ class RegisteredTool:
     handler: ToolHandler
     allowed: bool
     validator: Any = field(compare=False, repr=False, default=None)
+    plugin_name: str = ""  # the manifest's display name (Reminders), for what a person reads
 
 
 @dataclass
@@ -278,6 +279,7 @@ class _Activation:
                 validator=Draft202012Validator(
                     tool.input_schema, format_checker=Draft202012Validator.FORMAT_CHECKER
                 ),
+                plugin_name=manifest.name,
             )
         return record("activated", [], manifest)
 

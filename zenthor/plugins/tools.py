@@ -57,6 +57,18 @@ class ToolResult:
     error: str | None = None  # short, clear reason when ok is False
 
 
+@dataclass(frozen=True)
+class ToolDescription:
+    """What a person reads about a tool (the approval question): the manifest's ``title`` and
+    ``summary`` templates by language (empty without one), the plugin's display name and the
+    tool's own name within it."""
+
+    title: str | None
+    summary: dict[str, str]
+    plugin_name: str
+    tool_name: str
+
+
 class ToolError(Exception):
     """Raised by a tool for a problem the model should read (bad date, nothing to forget...)."""
 
@@ -109,6 +121,18 @@ class ToolRegistry:
         """``low``, ``medium`` or ``high`` (unknown tools: ``high``)."""
         tool = self._tools.get(name)
         return "high" if tool is None else tool.spec.risk
+
+    def describe(self, name: str) -> ToolDescription | None:
+        """The title and summary of tool ``name`` for the approval question; None if unknown."""
+        tool = self._tools.get(name)
+        if tool is None:
+            return None
+        return ToolDescription(
+            title=tool.spec.title,
+            summary=dict(tool.spec.summary),
+            plugin_name=tool.plugin_name or tool.plugin_id,
+            tool_name=tool.spec.name,
+        )
 
     def call(
         self, name: str, arguments: dict | str, context: ToolContext, *, timeout_s: float = 20.0
