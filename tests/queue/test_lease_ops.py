@@ -282,15 +282,26 @@ def test_concurrent_requeues_take_each_stale_job_once():
 
 
 def test_an_operator_can_retry_a_failed_job_once():
-    from zenthor.queue import retry_failed
+    from zenthor.queue.jobs import RetriedJob, RetryRefused, retry_failed
 
     job_id = make_job(make_conversation(), max_attempts=1)
+    assert retry_failed(job_id) == RetryRefused(job_id, "not_failed", "pending")
     fail(claim(job_id, "w"), reason="server", message="boom")
-    assert retry_failed(job_id)
-    assert not retry_failed(job_id)  # already pending
-    row = job(job_id)
-    assert (row.status, row.attempts) == ("pending", 0)
-    assert isinstance(claim(job_id, "w"), Lease)
+    retried = retry_failed(job_id)
+    assert isinstance(retried, RetriedJob) and retried.job_id > job_id and retried.open_ahead == 0
+    again = retry_failed(job_id)
+    assert isinstance(again, RetryRefused)
+    assert str(again) == f"job {job_id} was already retried as job {retried.job_id} (pending)"
+    old, new = job(job_id), job(retried.job_id)
+    assert old.status == "failed"  # the record of what happened stays
+    assert (new.status, new.attempts, new.retry_of, new.message_id) == ("pending", 0, job_id, old.message_id)
+    assert (new.kind, new.max_attempts, new.conversation_id) == (
+        old.kind,
+        old.max_attempts,
+        old.conversation_id,
+    )
+    assert isinstance(claim(retried.job_id, "w"), Lease)
+    assert str(retry_failed(999_999)) == "job 999999 does not exist"
 
 
 def test_the_claim_finds_what_is_ahead_in_line_through_the_partial_indexes():

@@ -39,4 +39,8 @@ broker.add_middleware(KickSweepOnBoot(lambda: sweep_recheck.send("boot")))
 # Once RabbitMQ is back, consumers reconnect and blocked acks give up within a second, not 3-8 s.
 broker.add_middleware(FastBrokerRecovery())
 
+# Finished rows leave after RETENTION_DAYS. Imported last, so its sweep step runs after every step
+# users wait on (approvals, reminders, stuck replies).
+import zenthor.actors.retention  # noqa: E402, F401
+
 __all__ = ["broker", "dispatch", "sweep", "sweep_recheck"]

@@ -15,6 +15,7 @@ import unicodedata
 from dataclasses import dataclass, field
 
 from zenthor.db import execute
+from zenthor.queue.conversations import lock_route
 
 FAILURE_REPLY = (
     "Sorry, something went wrong on my side and I couldn't answer your last message. "
@@ -154,14 +155,16 @@ def write_replies(
     kind: str | None = None,
 ) -> WrittenReplies:
     """Store each text as an assistant message and queue it in the outbox, split to the channel's
-    limit (caller's transaction). ``kind`` marks the messages (``message.kind``: an
-    ``approval_question``, a ``failure`` reply, a ``reminder``; None for an ordinary reply)."""
+    limit (caller's transaction, which holds the conversation row from here until it commits).
+    ``kind`` marks the messages (``message.kind``: an ``approval_question``, a ``failure`` reply,
+    a ``reminder``; None for an ordinary reply). A caller that writes to several conversations
+    locks them first, in id order (``queue.conversations.lock_conversations``)."""
     written = WrittenReplies()
     if not texts:
         return written
-    channel, account_id, chat_id = execute(
-        "SELECT channel, account_id, chat_id FROM conversation WHERE id = %s", (conversation_id,)
-    )[0]
+    # The conversation row first (held until commit): outbox ids of one conversation are then
+    # drawn in commit order, so the claim's "no older unsent row" sees every older row (I5).
+    channel, account_id, chat_id = lock_route(conversation_id)
     written.channel = channel
     limit = text_limit(channel)
     for text in texts:

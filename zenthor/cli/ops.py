@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
 
 from zenthor.cli.common import bootstrap
+
+if TYPE_CHECKING:
+    from zenthor.queue.retention import PruneCounts, RetentionPolicy
 
 
 @click.group("ops")
@@ -66,6 +70,17 @@ def status(as_json: bool) -> None:
         click.echo(
             f"last sweep:  {sweep['finished_at']} ({sweep['age_s']}s ago, {sweep['trigger']}) {sweep['result']}"
         )
+    retention = snapshot["last_retention"]
+    if retention is None:
+        click.echo(f"retention:   nothing deleted yet (RETENTION_DAYS={settings.RETENTION_DAYS})")
+    else:
+        counts = retention["counts"]
+        tables = ("jobs", "outbox", "approvals", "reminders", "messages")
+        deleted = "  ".join(f"{table}={counts.get(table, 0)}" for table in tables)
+        click.echo(
+            f"retention:   last deleted {retention['finished_at']} ({retention['age_s']}s ago, "
+            f"{retention['trigger']}, older than {counts.get('days')} days) {deleted}"
+        )
     if not healthy:
         raise SystemExit(1)
 
@@ -84,21 +99,80 @@ def requeue_stale_command() -> None:
     )
 
 
+@ops.command("prune")
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+@click.option(
+    "--batch",
+    type=click.IntRange(10, 50_000),
+    default=None,
+    help="Rows deleted per statement (default RETENTION_BATCH).",
+)
+def prune_command(dry_run: bool, batch: int | None) -> None:
+    """Delete finished rows older than RETENTION_DAYS now (messages only with MESSAGE_RETENTION_DAYS),
+    batch after batch until none is left: what the sweep does a few batches at a time."""
+    bootstrap("ops")
+    from zenthor.queue.retention import RetentionPolicy, count_prunable, finish_run, prune
+
+    policy = RetentionPolicy.from_settings(batch=batch)
+    if dry_run:
+        counts = count_prunable(policy)
+        finish_run(counts, policy, trigger="ops prune", dry_run=True)
+        click.echo("would delete " + _pruned(counts, policy))
+        return
+    counts = prune(policy, max_batches=None, budget_s=None)
+    finish_run(counts, policy, trigger="ops prune")
+    click.echo("deleted " + _pruned(counts, policy))
+
+
+def _pruned(counts: PruneCounts, policy: RetentionPolicy) -> str:
+    """What prune counted, as "70,501 jobs, 70,140 outbox rows, ...; messages kept (...)"."""
+    rows = (
+        f"{counts.jobs:,} jobs, {counts.outbox:,} outbox rows, {counts.approvals:,} approvals, "
+        f"{counts.reminders:,} reminders finished more than {policy.days} days ago"
+    )
+    if policy.message_days is None:
+        return rows + "; messages kept (MESSAGE_RETENTION_DAYS not set)"
+    return rows + f"; {counts.messages:,} messages older than {policy.message_days} days"
+
+
 @ops.command("retry-job")
 @click.argument("job_id", type=int)
-def retry_job(job_id: int) -> None:
-    """Give a failed job fresh attempts and dispatch it again."""
+@click.option("--yes", is_flag=True, help="Retry even though newer turns of the chat were answered since.")
+def retry_job(job_id: int, yes: bool) -> None:
+    """Retry a failed job as a new job at the back of its conversation's line, and dispatch it.
+
+    Says first what it will do; when newer turns of the conversation were answered since, the
+    answer would come after them, so it asks for --yes.
+    """
     bootstrap("ops")
     import zenthor.actors  # noqa: F401 - declares the actors on the broker
     from zenthor.actors.publish import publish_dispatch
-    from zenthor.queue import retry_failed
+    from zenthor.queue.jobs import RetryRefused, retry_failed, retry_preview, retry_refusal
 
-    if not retry_failed(job_id):
-        from zenthor.db import execute
-
-        rows = execute("SELECT status FROM agent_job WHERE id = %s", (job_id,))
-        if not rows:
-            raise click.ClickException(f"job {job_id} does not exist")
-        raise click.ClickException(f"job {job_id} is {rows[0][0]}, not failed (see `zenthor ops status`)")
-    published = publish_dispatch(job_id)
-    click.echo(f"job {job_id} is pending again" + ("" if published else " (publish failed: the sweep will)"))
+    preview = retry_preview(job_id)
+    refused = retry_refusal(job_id, preview)
+    if refused is not None:
+        raise click.ClickException(str(refused))
+    error = ": ".join(part for part in (preview.error_reason, (preview.error_message or "")[:200]) if part)
+    ahead = (
+        f"behind {preview.open_ahead} open job{'s' if preview.open_ahead != 1 else ''}"
+        if preview.open_ahead
+        else "with nothing ahead of it"
+    )
+    click.echo(
+        f"job {job_id} (conversation {preview.conversation_id}) failed: {error or 'no reason recorded'}; "
+        f"it will be retried as a new job at the back of the line, {ahead}."
+    )
+    if preview.answered_since:
+        turns = f"{preview.answered_since} newer turn{'s were' if preview.answered_since != 1 else ' was'}"
+        click.echo(f"{turns} answered since, so this answer will come after them.")
+        if not yes:
+            raise click.ClickException("nothing was changed: re-run with --yes to retry it anyway")
+    outcome = retry_failed(job_id)
+    if isinstance(outcome, RetryRefused):
+        raise click.ClickException(str(outcome))
+    published = publish_dispatch(outcome.job_id)
+    click.echo(
+        f"job {job_id} retried as job {outcome.job_id} (pending)"
+        + ("" if published else " (publish failed: the sweep will)")
+    )

@@ -34,6 +34,7 @@ class AgentJob(BaseModel):
     finished_at = DateTimeTZField(null=True)
     error_reason = TextField(null=True)
     error_message = TextField(null=True)
+    retry_of = BigIntegerField(null=True)  # the failed job an operator retried as this one (0011)
     created_at = DateTimeTZField(constraints=[SQL("DEFAULT now()")])
 
     class Meta:

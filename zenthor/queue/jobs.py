@@ -14,7 +14,11 @@ another one is processing, and the partial unique index
 ``agent_job_one_processing_per_conversation`` refuses a second processing job even when two claims
 race past that check. A job awaiting approval does not hold the line: it waits for one sender's
 answer, and the other members of a group are answered meanwhile; resumed, it is pending again
-with its old id, so it goes ahead of every job still pending behind it.
+with its old id, so it goes ahead of every job still pending behind it. An operator's retry of a
+failed job is a new job (``retry_of``) at the back of its conversation's line.
+
+Writers that add rows to a conversation hold its row (:mod:`zenthor.queue.conversations`): a
+completion takes its job row, then the conversation, before the turn's rows are written.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from psycopg2.extras import Json
 from zenthor.db import database, execute
 from zenthor.observability import emit
 from zenthor.observability import events as ev
+from zenthor.queue.conversations import lock_conversation, lock_conversations
 
 T = TypeVar("T")
 
@@ -491,7 +496,13 @@ def complete(lease: Lease, *, status: str = "done", write: Callable[[Lease], T] 
             if not execute(_COMPLETE, {"job_id": lease.job_id, "token": lease.token, "status": status}):
                 lease.mark_lost("complete")
                 raise LeaseLost(lease.job_id, "complete")
-            return write(lease) if write is not None else None
+            if write is None:
+                return None
+            # Then the conversation, before anything the turn writes: its outbox rows commit in id
+            # order (I5), and the approvals it supersedes are locked after the conversation, as
+            # accept locks them, so the two cannot deadlock.
+            lock_conversation(lease.conversation_id)
+            return write(lease)
 
     return on_live_session(complete_once, operation="complete", job_id=lease.job_id)
 
@@ -607,8 +618,11 @@ def requeue_stale(*, limit: int = 500, on_failed: Callable[[StaleJob], Any] | No
     params = {"limit": limit, "legacy_ms": _settings().AGENT_JOB_LEGACY_WINDOW_MS}
     with database.atomic():
         stale = [StaleJob(*row) for row in execute(_REQUEUE_STALE, params)]
-        for job in stale:
-            if job.status == "failed" and on_failed is not None:
+        failed = [job for job in stale if job.status == "failed"]
+        if failed and on_failed is not None:
+            # Their conversations in id order, before the first failure reply (see complete()).
+            lock_conversations(job.conversation_id for job in failed)
+            for job in failed:
                 on_failed(job)
     for job in stale:
         if job.status == "failed":
@@ -655,17 +669,176 @@ def close_awaiting(job_id: int, reason: str) -> bool:
     return bool(rows)
 
 
-def retry_failed(job_id: int) -> bool:
-    """Give a failed job a fresh set of attempts (an operator's decision); publish after."""
-    rows = execute(
-        "UPDATE agent_job SET status = 'pending', attempts = 0, available_at = now(), finished_at = NULL, "
-        "lease_token = NULL, locked_until = NULL WHERE id = %s AND status = 'failed' "
-        "RETURNING conversation_id",
-        (job_id,),
+_RETRY_TARGET = """
+SELECT j.id, j.conversation_id, j.message_id, j.kind, j.payload, j.max_attempts, j.status
+  FROM agent_job AS j WHERE j.id = %s
+   FOR NO KEY UPDATE
+"""
+
+_RETRIED_AS = "SELECT id, status FROM agent_job WHERE retry_of = %s"
+
+_INSERT_RETRY = """
+INSERT INTO agent_job (conversation_id, message_id, kind, payload, max_attempts, retry_of)
+VALUES (%s, %s, %s, %s, %s, %s)
+RETURNING id
+"""
+
+# The job's conversation rows go with it to the back of the line: the user's message and any
+# call, question or answer. The failure reply stays where the user saw it. A user message of
+# before 0007 names no job (the history finds it through agent_job.message_id): it moves too.
+_MOVE_MESSAGES = """
+UPDATE message SET job_id = %(new)s
+ WHERE (job_id = %(old)s AND kind IS DISTINCT FROM 'failure')
+    OR (id = %(message)s AND job_id IS NULL)
+"""
+
+# A failed resume keeps its approval (idempotency key tool_approval:<id>): the tool runs once.
+_MOVE_APPROVALS = "UPDATE tool_approval SET job_id = %(new)s WHERE job_id = %(old)s"
+
+_OPEN = "('pending', 'processing', 'awaiting_approval')"
+
+_RETRY_PREVIEW = f"""
+SELECT j.conversation_id, j.status, j.error_reason, j.error_message,
+       (SELECT count(*) FROM agent_job AS o
+         WHERE o.conversation_id = j.conversation_id AND o.status IN {_OPEN}) AS open_now,
+       (SELECT count(*) FROM agent_job AS n
+         WHERE n.conversation_id = j.conversation_id AND n.id > j.id
+           AND n.status IN ('done', 'awaiting_approval')) AS answered_since,
+       r.id, r.status
+  FROM agent_job AS j
+  LEFT JOIN agent_job AS r ON r.retry_of = j.id
+ WHERE j.id = %s
+"""
+
+_OPEN_AHEAD = f"""
+SELECT count(*) FROM agent_job
+ WHERE conversation_id = %s AND id < %s AND status IN {_OPEN}
+"""
+
+
+@dataclass(frozen=True)
+class RetryPreview:
+    """What :func:`retry_failed` would do with a job, read before it is asked to."""
+
+    job_id: int
+    conversation_id: int
+    status: str
+    error_reason: str | None
+    error_message: str | None
+    open_ahead: int  # open jobs of the conversation the retry would queue behind
+    answered_since: int  # newer turns of the conversation that the user was already answered
+    retried_as: int | None = None
+    retried_status: str | None = None
+
+
+@dataclass(frozen=True)
+class RetriedJob:
+    """A failed job retried as a new job, ``job_id``, at the back of its conversation's line."""
+
+    old_job_id: int
+    job_id: int
+    conversation_id: int
+    open_ahead: int  # open jobs of the conversation ahead of the new one
+    kind: str = "turn"
+
+
+@dataclass(frozen=True)
+class RetryRefused:
+    """Why a job was not retried (nothing was written); ``str()`` says it to an operator."""
+
+    job_id: int
+    reason: str  # not_found | not_failed | already_retried
+    status: str | None = None
+    retried_as: int | None = None
+    retried_status: str | None = None
+
+    def __str__(self) -> str:
+        if self.reason == "not_found":
+            return f"job {self.job_id} does not exist"
+        if self.reason == "already_retried":
+            return f"job {self.job_id} was already retried as job {self.retried_as} ({self.retried_status})"
+        return f"job {self.job_id} is {self.status}, not failed (see `zenthor ops status`)"
+
+
+def retry_preview(job_id: int) -> RetryPreview | None:
+    """What a retry of job ``job_id`` would mean for its conversation (None: no such job)."""
+    rows = execute(_RETRY_PREVIEW, (job_id,))
+    if not rows:
+        return None
+    conversation_id, status, reason, message, open_now, answered, retried_as, retried_status = rows[0]
+    return RetryPreview(
+        job_id, conversation_id, status, reason, message, open_now, answered, retried_as, retried_status
     )
-    if rows:
-        emit(ev.JOB_REQUEUED, job_id=job_id, conversation_id=rows[0][0], attempts=0, reason="operator_retry")
-    return bool(rows)
+
+
+def retry_failed(job_id: int) -> RetriedJob | RetryRefused:
+    """Retry a failed job (an operator's decision) as a new job at the back of its conversation's
+    line, in one transaction; publish the new job after. The old job stays ``failed``; its
+    messages (but its failure reply) and approvals move to the new job, which records
+    ``retry_of``. A job is retried once: a second retry is refused, naming the first.
+    """
+    try:
+        with database.atomic():
+            outcome = _retry_in_transaction(job_id)
+    except IntegrityError:
+        # agent_job_retry_of_uq: another retry of this job committed first.
+        outcome = retry_refusal(job_id, retry_preview(job_id)) or RetryRefused(job_id, "already_retried")
+    if isinstance(outcome, RetriedJob):
+        emit(
+            ev.JOB_ENQUEUED, job_id=outcome.job_id, conversation_id=outcome.conversation_id, kind=outcome.kind
+        )
+        emit(
+            ev.JOB_RETRIED,
+            old_job_id=outcome.old_job_id,
+            job_id=outcome.job_id,
+            conversation_id=outcome.conversation_id,
+            open_ahead=outcome.open_ahead,
+        )
+    return outcome
+
+
+def _retry_in_transaction(job_id: int) -> RetriedJob | RetryRefused:
+    # The old job first, then its conversation: the order every writer keeps (see complete()).
+    rows = execute(_RETRY_TARGET, (job_id,))
+    if not rows:
+        return RetryRefused(job_id, "not_found")
+    _, conversation_id, message_id, kind, payload, max_attempts, status = rows[0]
+    retried = execute(_RETRIED_AS, (job_id,))
+    if retried:
+        return RetryRefused(job_id, "already_retried", status, retried[0][0], retried[0][1])
+    if status != "failed":
+        return RetryRefused(job_id, "not_failed", status)
+    lock_conversation(conversation_id)  # the new id is drawn in commit order, behind every job
+    ((new_id,),) = execute(
+        _INSERT_RETRY,
+        (
+            conversation_id,
+            message_id,
+            kind,
+            Json(payload) if payload is not None else None,
+            max_attempts,
+            job_id,
+        ),
+    )
+    moves = {"new": new_id, "old": job_id, "message": message_id}
+    execute(_MOVE_MESSAGES, moves)
+    execute(_MOVE_APPROVALS, moves)
+    ((open_ahead,),) = execute(_OPEN_AHEAD, (conversation_id, new_id))
+    return RetriedJob(job_id, new_id, conversation_id, open_ahead, kind)
+
+
+def retry_refusal(job_id: int, preview: RetryPreview | None) -> RetryRefused | None:
+    """Why :func:`retry_failed` would refuse job ``job_id``, judged from its ``preview`` (None:
+    it would retry it)."""
+    if preview is None:
+        return RetryRefused(job_id, "not_found")
+    if preview.retried_as is not None:
+        return RetryRefused(
+            job_id, "already_retried", preview.status, preview.retried_as, preview.retried_status
+        )
+    if preview.status != "failed":
+        return RetryRefused(job_id, "not_failed", preview.status)
+    return None
 
 
 def republish_candidates(*, grace_ms: int | None = None, limit: int = 1000) -> list[tuple[int, int]]:

@@ -9,7 +9,9 @@ The provider message id is derived from the row (``zenthor-out-<id>``) and set a
 claim, so every retry of the row sends the same id and the receiver can dedupe.
 
 Order: a row is claimed only when no older row of its conversation is still pending or sending,
-so one chat's replies go out in the order they were written.
+so one chat's replies go out in the order they were written. Every writer holds the conversation
+row until it commits (:mod:`zenthor.queue.conversations`), so a conversation's rows commit in id
+order: no older row can still be uncommitted when that check runs.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from zenthor.db import execute
+from zenthor.queue.retention import last_run
 
 # Every count names one open status, so each reads only that status's index entries however
 # many done jobs and sent rows the tables keep (the plan is checked in
@@ -41,7 +42,8 @@ def queue_depth() -> dict[str, Any]:
 
 
 def queue_snapshot() -> dict[str, Any]:
-    """Jobs per status, oldest pending age, expired leases, busy conversations, last sweep.
+    """Jobs per status, oldest pending age, expired leases, busy conversations, last sweep, and
+    the last retention run that deleted something (one row of ``sweep_state``).
 
     For ``zenthor ops status``, run by hand: on top of :func:`queue_depth` it counts finished
     jobs and outbox rows, which reads the whole tables (``/metrics`` uses :func:`queue_depth`).
@@ -91,6 +93,7 @@ def queue_snapshot() -> dict[str, Any]:
             "result": sweep[0][3],
             "age_s": round(float(sweep[0][4]), 1) if sweep[0][4] is not None else None,
         },
+        "last_retention": last_run(),
     }
 
 

@@ -1,8 +1,9 @@
 """Delivering due reminders: the reminders sweep step.
 
 In ONE transaction, the due rows are locked (``FOR UPDATE SKIP LOCKED``: two sweeps never take the
-same row), each gets its reply written (assistant message + outbox row) and ``delivered_at``
-stamped; after commit the outbox rows are published. A crash before commit leaves the reminder
+same row), then their conversations (in id order, as every outbox writer holds its conversation:
+a reminder never overtakes a reply that commits at the same moment), each gets its reply written
+(assistant message + outbox row) and ``delivered_at`` stamped; after commit the outbox rows are published. A crash before commit leaves the reminder
 pending (the next sweep sends it); after commit the outbox owns it (I5), so it is sent once.
 
 The functions that write replies and publish them live above this layer and are passed in.
@@ -17,6 +18,7 @@ from typing import Any
 from zenthor.db import database, execute
 from zenthor.observability import emit
 from zenthor.observability import events as ev
+from zenthor.queue.conversations import lock_conversations
 
 WriteReplies = Callable[..., Any]  # write_replies(conversation_id, job_id, [text]) -> WrittenReplies
 Publish = Callable[[list[int]], None]
@@ -38,7 +40,11 @@ def deliver_due_reminders(
     outbound_ids: list[int] = []
     delivered: list[tuple[int, int, int, int]] = []
     with database.atomic():
-        for reminder_id, conversation_id, text, due_at in execute(_DUE, (limit,)):
+        due = execute(_DUE, (limit,))
+        # Every conversation of the batch before the first reply, in id order: the outbox rows then
+        # commit in id order within each conversation (I5), and two sweeps cannot deadlock.
+        lock_conversations(row[1] for row in due)
+        for reminder_id, conversation_id, text, due_at in due:
             written = write_replies(conversation_id, None, [text])
             outbound_id = written.outbound_ids[0] if written.outbound_ids else None
             execute(
