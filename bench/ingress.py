@@ -34,8 +34,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from bench.scratch import Scratch
 
-SECRET = "bench-secret"
-scratch = Scratch("ingress", rabbitmq=True, env={"DATABASE_POOL_SIZE": "48", "WEBHOOK_SECRET": SECRET})
+SECRET = "whsec_YmVuY2gtc2VjcmV0LW9mLXRoZS1pbmdyZXNzLWJlbmNobWFyaw=="
+scratch = Scratch(
+    "ingress",
+    rabbitmq=True,
+    env={
+        "DATABASE_POOL_SIZE": "48",
+        "WEBHOOK_SECRET": SECRET,
+        "WEBHOOK_DEFAULT_ACCOUNT": "acct",
+        "WEBHOOK_SENDER_RATE_PER_MIN": "0",  # the bench measures throughput, not the cost limit
+    },
+)
 MARK = re.compile(r"\b(b\d+-\d+)$")
 
 
@@ -88,7 +97,7 @@ def percentile(values: list[float], p: float) -> float:
 def post_factory(gateway_url: str):
     import httpx
 
-    from zenthor.channels.webhook.signing import SIGNATURE_HEADER, sign
+    from tests.ingress.helpers import signed_post
 
     local = threading.local()
 
@@ -97,11 +106,7 @@ def post_factory(gateway_url: str):
         if client is None:
             client = local.client = httpx.Client(timeout=30)
         body = json.dumps({"message_id": marker, "chat_id": chat, "sender_id": chat, "text": marker}).encode()
-        return client.post(
-            f"{gateway_url}/v1/webhook/acct/messages",
-            content=body,
-            headers={SIGNATURE_HEADER: sign(body, SECRET)},
-        ).status_code
+        return signed_post(client, f"{gateway_url}/v1/webhook/acct/messages", body, SECRET).status_code
 
     return post
 

@@ -6,6 +6,8 @@ A missing or malformed setting stops the process at start with one line naming t
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import socket
 import sys
@@ -140,8 +142,20 @@ class Settings(BaseSettings):
     WHATSAPP_METRICS_PORT: int = Field(default=0, ge=0, le=65535)
     WHATSAPP_METRICS_HOST: str = "127.0.0.1"
     WHATSAPP_UNSUPPORTED_REPLY: str = "Sorry, I can only read text messages for now."
+    # The one-account shortcut: this secret and callback URL serve WEBHOOK_DEFAULT_ACCOUNT only
+    # (other accounts: `zenthor webhook add-account`). whsec_<base64>, or any string (its bytes).
     WEBHOOK_SECRET: str | None = None
     WEBHOOK_CALLBACK_URL: str | None = None
+    WEBHOOK_DEFAULT_ACCOUNT: str = Field(default="default", min_length=1, max_length=128)
+    # Encrypts the webhook accounts' secrets at rest (required once an account exists).
+    ZENTHOR_SECRET_KEY: str | None = Field(default=None, min_length=16)
+    # Standard Webhooks: a request (and a callback) signed longer ago, or further ahead, is refused.
+    WEBHOOK_TOLERANCE_S: int = Field(default=300, ge=1, le=86_400)
+    # Accept the deprecated X-Zenthor-Signature (body-only, replayable) during a migration.
+    WEBHOOK_ACCEPT_LEGACY_SIGNATURE: bool = False
+    # A cost limit per (account, sender): a burst, refilled at a rate a minute (either 0: off).
+    WEBHOOK_SENDER_RATE_PER_MIN: int = Field(default=30, ge=0)
+    WEBHOOK_SENDER_BURST: int = Field(default=10, ge=0)
     WEBHOOK_CONTACT_POLICY: Literal["open", "allowlist", "disabled"] = "open"
     WEBHOOK_ALLOW_FROM: str = ""
     GATEWAY_HOST: str = "127.0.0.1"
@@ -175,6 +189,26 @@ class Settings(BaseSettings):
         for part in value.split(";"):
             if urlparse(part).scheme not in ("amqp", "amqps"):
                 raise ValueError("must look like amqp://user:pass@host:5672/vhost")
+        return value
+
+    @field_validator("ZENTHOR_SECRET_KEY", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("WEBHOOK_SECRET")
+    @classmethod
+    def _webhook_secret(cls, value: str | None) -> str | None:
+        if value and value.startswith("whsec_"):
+            encoded = value.removeprefix("whsec_")
+            try:
+                key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+            except (binascii.Error, ValueError):
+                key = b""
+            if not key:
+                raise ValueError(
+                    "must be whsec_ followed by base64 (as `zenthor webhook rotate-secret` prints)"
+                )
         return value
 
     @field_validator("LOG_LEVEL", mode="before")
@@ -238,10 +272,15 @@ def worker_id() -> str:
 _worker_ids: dict[int, str] = {}
 
 
+_SECRET_SETTINGS = frozenset({"WEBHOOK_SECRET", "ZENTHOR_SECRET_KEY", "AI_API_KEY"})
+
+
 def _describe(error: ValidationError) -> str:
     first = error.errors()[0]
     name = ".".join(str(p) for p in first.get("loc", ())) or "settings"
     message = first.get("msg", "invalid value").removeprefix("Value error, ")
+    if name in _SECRET_SETTINGS:
+        return f"invalid setting {name}: {message}"  # never echo a secret
     if "input" in first and name != "settings" and first.get("type") != "missing":
         return f"invalid setting {name}: {message} (got {first['input']!r})"
     if first.get("type") == "missing":

@@ -1,4 +1,5 @@
-"""Helpers for the ingress tests: inbound factories, a fake callback server, a gateway in a thread."""
+"""Helpers for the ingress tests: inbound factories, webhook signing, a fake callback server, a
+gateway in a thread or a process."""
 
 from __future__ import annotations
 
@@ -7,11 +8,62 @@ import random
 import socket
 import threading
 import time
+import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from zenthor.channels.webhook import signing
 from zenthor.db import execute
 from zenthor.ingress import InboundMessage
+
+TEST_SECRET = "whsec_dGVzdC1zZWNyZXQtb2YtdGhlLWluZ3Jlc3MtdGVzdHMtMzJi"
+"""A Standard Webhooks secret for tests (``whsec_`` + base64)."""
+
+
+def sign_headers(
+    body: bytes,
+    secret: str | Iterable[str] = TEST_SECRET,
+    *,
+    msg_id: str | None = None,
+    timestamp: int | None = None,
+    legacy: bool = False,
+) -> dict[str, str]:
+    """The headers that sign ``body`` as a sender would: Standard Webhooks (``webhook-id``, now
+    unless ``timestamp``, one ``v1,`` signature per secret), or the legacy
+    ``X-Zenthor-Signature`` alone with ``legacy=True``. The one place tests sign a webhook."""
+    if legacy:
+        assert isinstance(secret, str)
+        return {signing.LEGACY_SIGNATURE_HEADER: signing.legacy_sign(body, secret)}
+    return signing.sign_headers(secret, body, msg_id=msg_id or f"msg_{uuid.uuid4().hex}", timestamp=timestamp)
+
+
+def signed_post(
+    client,
+    url: str,
+    body: bytes | dict,
+    secret: str | Iterable[str] = TEST_SECRET,
+    *,
+    headers: dict[str, str] | None = None,
+    **signing_options,
+):
+    """POST ``body`` (bytes, or a dict sent as UTF-8 JSON) to ``url`` with ``client`` (an
+    ``httpx.Client``, or the ``httpx`` module), signed by :func:`sign_headers`."""
+    raw = json.dumps(body, ensure_ascii=False).encode() if isinstance(body, dict) else body
+    sent = {
+        "Content-Type": "application/json",
+        **sign_headers(raw, secret, **signing_options),
+        **(headers or {}),
+    }
+    return client.post(url, content=raw, headers=sent)
+
+
+def verify_callback(record, secret: str | Iterable[str] = TEST_SECRET, *, tolerance_s: int = 300) -> str:
+    """The ``webhook-id`` of a callback the receiver verified with its copy of the secret."""
+    secrets = [secret] if isinstance(secret, str) else list(secret)
+    return signing.verify(
+        record.body, {k.lower(): v for k, v in record.headers.items()}, secrets, tolerance_s=tolerance_s
+    )
 
 
 def inbound(

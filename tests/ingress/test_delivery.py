@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.ingress.helpers import CallbackServer, count
+from tests.ingress.helpers import CallbackServer, count, verify_callback
 from tests.support.factories import make_conversation
 from tests.support.workers import wait_for
 from zenthor.actors.deliver import deliver, deliver_row, publish_delivery, sweep_outbox
 from zenthor.agent.replies import write_replies
-from zenthor.channels.webhook.signing import SIGNATURE_HEADER, verify
 from zenthor.db import database, execute
 from zenthor.models import OutboundMessage
 from zenthor.queue.outbox import OutboundLease, claim_outbound, mark_sent
@@ -23,6 +22,7 @@ def callback(settings_env):
     settings_env(
         WEBHOOK_CALLBACK_URL=server.url,
         WEBHOOK_SECRET=SECRET,
+        WEBHOOK_DEFAULT_ACCOUNT="acct",
         OUTBOUND_RETRY_BASE_MS="30",
         OUTBOUND_RETRY_MAX_MS="200",
         WEBHOOK_TIMEOUT_S="0.5",
@@ -52,7 +52,7 @@ def test_callback_failing_three_times_gets_exactly_one_2xx_with_one_idempotency_
     assert {r.headers["Idempotency-Key"] for r in records} == {str(outbound_id)}
     assert {r.headers["X-Zenthor-Provider-Message-Id"] for r in records} == {f"zenthor-out-{outbound_id}"}
     for record in records:
-        assert verify(record.body, record.headers[SIGNATURE_HEADER], SECRET)
+        assert verify_callback(record, SECRET) == record.headers["Idempotency-Key"]
     body = records[-1].json
     assert body["outbound_id"] == outbound_id and body["text"] == "hello 👋" and body["chat_id"] == "chat-1"
     row = OutboundMessage.get_by_id(outbound_id)
@@ -186,3 +186,64 @@ def test_long_reply_is_split_into_ordered_outbox_rows(callback, worker):
     parts = [r.json["text"] for r in callback.ok_records()]
     assert "".join(parts) == text
     assert all(len(p) <= 4000 and p.endswith(". ") for p in parts[:-1])
+
+
+def lock_waiters() -> int:
+    """Sessions of this test's database that wait for a row lock right now."""
+    return execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )[0][0]
+
+
+def test_a_reminder_written_while_a_reply_commits_goes_out_after_it():
+    """A completing turn holds its reply row uncommitted while the reminders sweep runs for the
+    same chat: the sweep waits for the conversation, so the reminder's row gets the later id and
+    the claim holds it back until the reply is sent (item 8)."""
+    import threading
+    from functools import partial
+
+    from tests.support.workers import DbThread
+    from zenthor.plugins.builtin.core_schedule.delivery import deliver_due_reminders
+
+    conversation_id = make_conversation("chat-1", channel="webhook", account_id="acct")
+    execute(
+        "INSERT INTO reminder (conversation_id, channel, account_id, chat_id, text, due_at) "
+        "VALUES (%s, 'webhook', 'acct', 'chat-1', 'drink water', now() - interval '1 second')",
+        (conversation_id,),
+    )
+    written: dict[str, object] = {}
+    reply_written, release_reply = threading.Event(), threading.Event()
+
+    def complete_turn() -> None:
+        with database.atomic():
+            written["reply"] = write_replies(conversation_id, None, ["the reply"]).outbound_ids
+            reply_written.set()
+            assert release_reply.wait(10)
+
+    def sweep() -> None:
+        written["sweep"] = deliver_due_reminders(partial(write_replies, kind="reminder"), lambda ids: None)
+
+    turn, reminders = DbThread(target=complete_turn), DbThread(target=sweep)
+    try:
+        turn.start()
+        assert reply_written.wait(10)
+        reminders.start()
+        # Either the sweep commits (it did not wait) or it is seen waiting for a row lock.
+        wait_for(lambda: not reminders.is_alive() or lock_waiters() > 0, 10, message="sweep done or waiting")
+        waited = reminders.is_alive()
+        if not waited:  # what the bug looks like: the reminder can go out before the reply
+            (reminder_row,) = execute("SELECT outbound_id FROM reminder")[0]
+            overtaken = isinstance(claim_outbound(reminder_row, "w1"), OutboundLease)
+            assert not overtaken, "the reminder was claimable while the older reply was uncommitted"
+        assert waited, "the reminders sweep must wait for the conversation the reply holds"
+    finally:
+        release_reply.set()
+        turn.join(10)
+        reminders.join(10)
+    assert written["sweep"] == {"reminders_delivered": 1}
+    (reply_row,) = written["reply"]
+    (reminder_row,) = execute("SELECT outbound_id FROM reminder")[0]
+    assert reply_row < reminder_row
+    assert claim_outbound(reminder_row, "w1").reason == "behind_older"
+    assert mark_sent(claim_outbound(reply_row, "w1"))
+    assert isinstance(claim_outbound(reminder_row, "w1"), OutboundLease)

@@ -14,18 +14,31 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.ingress.helpers import CallbackServer, GatewayProcess, count, inbound
+from tests.ingress.helpers import (
+    TEST_SECRET,
+    CallbackServer,
+    GatewayProcess,
+    count,
+    inbound,
+    sign_headers,
+    signed_post,
+    verify_callback,
+)
 from tests.support.workers import DbThread, WorkerProcess, wait_for
-from zenthor.channels.webhook.signing import SIGNATURE_HEADER, sign
 from zenthor.ingress import accept
 
-SECRET = "e2e-secret"
+SECRET = TEST_SECRET
 
 
 @pytest.fixture
 def stack(settings_env):
     callback = CallbackServer()
-    env = {"WEBHOOK_SECRET": SECRET, "WEBHOOK_CALLBACK_URL": callback.url, "OUTBOUND_RETRY_BASE_MS": "100"}
+    env = {
+        "WEBHOOK_SECRET": SECRET,
+        "WEBHOOK_CALLBACK_URL": callback.url,
+        "WEBHOOK_DEFAULT_ACCOUNT": "acct",
+        "OUTBOUND_RETRY_BASE_MS": "100",
+    }
     settings_env(**env)
     worker = WorkerProcess("e2e-worker", threads=8, processes=2, env={**env, "LOG_LEVEL": "WARNING"})
     gateway = GatewayProcess(env)
@@ -51,7 +64,7 @@ def test_the_same_inbound_from_threads_and_processes_at_once_makes_one_reply(sta
                 "tests.ingress.post_many",
                 url,
                 str(body_file),
-                sign(body, SECRET),
+                json.dumps(sign_headers(body, SECRET)),
                 "3",
                 str(start_at),
             ],
@@ -100,7 +113,7 @@ def test_500_webhook_messages_over_50_chats_get_one_reply_each_in_order(stack):
                     "text": f"c{chat}-n{n}",
                 }
             ).encode()
-            response = client.post(url, content=body, headers={SIGNATURE_HEADER: sign(body, SECRET)})
+            response = signed_post(client, url, body, SECRET)
             assert response.status_code == 202, response.text
 
     with httpx.Client(timeout=30) as client, ThreadPoolExecutor(max_workers=16) as pool:
@@ -125,5 +138,7 @@ def test_500_webhook_messages_over_50_chats_get_one_reply_each_in_order(stack):
     for chat_id, numbers in by_chat.items():
         assert numbers == list(range(per_chat)), chat_id
     assert len({r.headers["Idempotency-Key"] for r in replies}) == chats * per_chat
+    # Each callback verifies with the receiver's copy of the secret; its webhook-id is its key.
+    assert all(verify_callback(r, SECRET) == r.headers["Idempotency-Key"] for r in replies)
     assert count("outbound_message", "status = 'sent'") == chats * per_chat
     assert worker.proc.poll() is None

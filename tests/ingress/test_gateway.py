@@ -3,25 +3,25 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime
 
 import httpx
 import pytest
 
-from tests.ingress.helpers import ThreadedGateway, count
+from tests.ingress.helpers import TEST_SECRET, ThreadedGateway, count, sign_headers, signed_post
 from zenthor.broker import broker
 from zenthor.channels.webhook.gateway import create_app
-from zenthor.channels.webhook.signing import SIGNATURE_HEADER, sign
 from zenthor.models import Message
 from zenthor.queue import sweep_state
 
-SECRET = "gateway-secret"
+SECRET = TEST_SECRET
 CALLBACK = "http://127.0.0.1:9/replies"  # never called: these tests run no worker
 
 
 @pytest.fixture
 def gateway(settings_env):
-    settings_env(WEBHOOK_SECRET=SECRET, WEBHOOK_CALLBACK_URL=CALLBACK)
+    settings_env(WEBHOOK_SECRET=SECRET, WEBHOOK_CALLBACK_URL=CALLBACK, WEBHOOK_DEFAULT_ACCOUNT="acct")
     published: list[int] = []
     running = ThreadedGateway(
         create_app(publish=lambda job_id: published.append(job_id) or True, broker=broker)
@@ -33,14 +33,16 @@ def gateway(settings_env):
     running.stop()
 
 
-def post(gateway, body: bytes | dict, *, account: str = "acct", signature: str | None = "sign", headers=None):
-    raw = json.dumps(body, ensure_ascii=False).encode() if isinstance(body, dict) else body
-    sent_headers = {"Content-Type": "application/json", **(headers or {})}
-    if signature == "sign":
-        sent_headers[SIGNATURE_HEADER] = sign(raw, SECRET)
-    elif signature is not None:
-        sent_headers[SIGNATURE_HEADER] = signature
-    return gateway.client.post(f"/v1/webhook/{account}/messages", content=raw, headers=sent_headers)
+def post(gateway, body: bytes | dict, *, account: str = "acct", headers=None, **signing_options):
+    """POST ``body`` signed with the gateway's secret (``secret=...`` to sign with another)."""
+    return signed_post(
+        gateway.client, f"/v1/webhook/{account}/messages", body, headers=headers, **signing_options
+    )
+
+
+def post_unsigned(gateway, body: dict, headers: dict[str, str], *, account: str = "acct"):
+    raw = json.dumps(body).encode()
+    return gateway.client.post(f"/v1/webhook/{account}/messages", content=raw, headers=headers)
 
 
 def valid(**overrides) -> dict:
@@ -73,23 +75,125 @@ def test_the_webhooks_sent_at_is_stored_with_the_message(gateway):
     assert stored["m-2"].timestamp() == 1746086400 and stored["m-3"] is None
 
 
+def test_a_request_without_standard_headers_is_401_naming_the_missing_header(gateway):
+    for missing in ("webhook-id", "webhook-timestamp", "webhook-signature"):
+        headers = sign_headers(json.dumps(valid()).encode())
+        del headers[missing]
+        response = post_unsigned(gateway, valid(), headers)
+        assert response.status_code == 401
+        assert response.json()["check"] == "missing_header" and response.json()["header"] == missing
+        assert missing in response.json()["error"]
+    assert nothing_written()
+
+
 @pytest.mark.parametrize(
     "signature",
     [
-        None,
         "",
-        "sha256=" + "0" * 64,
-        "md5=abc",
-        "sha256=zz",
-        sign(b"other body", SECRET),
-        sign(b"x", "wrong"),
+        "v1," + "A" * 44,
+        "v2,abc",
+        "v1,not base64!",
+        "garbage",
+        "v1",
     ],
 )
-def test_missing_or_wrong_signature_is_401_and_writes_nothing(gateway, signature):
-    response = post(gateway, valid(), signature=signature)
+def test_a_wrong_signature_is_401_no_matching_signature_and_writes_nothing(gateway, signature):
+    headers = {**sign_headers(json.dumps(valid()).encode()), "webhook-signature": signature}
+    response = post_unsigned(gateway, valid(), headers)
     assert response.status_code == 401
-    assert SIGNATURE_HEADER in response.json()["error"]
+    expected = "missing_header" if not signature else "no_matching_signature"
+    assert response.json()["check"] == expected
     assert nothing_written()
+
+
+def test_a_signature_with_another_secret_is_refused_and_the_body_names_no_secret(gateway):
+    other = "whsec_" + "b3RoZXItc2VjcmV0LW9mLWFub3RoZXItYWNjb3VudA=="
+    response = post(gateway, valid(), secret=other)
+    assert response.status_code == 401 and response.json()["check"] == "no_matching_signature"
+    expected = sign_headers(json.dumps(valid()).encode())["webhook-signature"].split(",")[1]
+    assert SECRET not in response.text and other not in response.text and expected[:12] not in response.text
+    assert nothing_written()
+
+
+def test_a_request_signed_10_minutes_ago_is_401_naming_the_timestamp(gateway):
+    response = post(gateway, valid(), timestamp=int(time.time()) - 600)
+    assert response.status_code == 401
+    assert response.json()["check"] == "timestamp_outside_tolerance"
+    assert "webhook-timestamp" in response.json()["error"] and "600 s old" in response.json()["error"]
+    future = post(gateway, valid(), timestamp=int(time.time()) + 600)
+    assert future.status_code == 401 and future.json()["check"] == "timestamp_outside_tolerance"
+    garbled = post_unsigned(gateway, valid(), {**sign_headers(b"{}"), "webhook-timestamp": "soon"})
+    assert garbled.status_code == 401 and garbled.json()["check"] == "invalid_header"
+    assert nothing_written()
+
+
+def test_a_timestamp_inside_the_tolerance_is_accepted(gateway, settings_env):
+    assert post(gateway, valid(), timestamp=int(time.time()) - 240).status_code == 202
+
+
+def test_two_signatures_in_one_header_one_valid_is_accepted(gateway):
+    wrong = "whsec_" + "d3Jvbmctc2VjcmV0LXdyb25nLXNlY3JldC13cm9uZw=="
+    response = post(gateway, valid(), secret=[wrong, SECRET])
+    assert response.status_code == 202, response.text
+    assert post(gateway, valid(message_id="m-2"), secret=[SECRET, wrong]).status_code == 202
+
+
+def test_a_valid_request_replayed_to_another_account_is_refused_and_stores_nothing(gateway):
+    raw = json.dumps(valid()).encode()
+    headers = {"Content-Type": "application/json", **sign_headers(raw)}
+    replayed = gateway.client.post("/v1/webhook/other/messages", content=raw, headers=headers)
+    assert replayed.status_code == 404 and replayed.json()["check"] == "unknown_account"
+    assert "unknown account" in replayed.json()["error"]
+    assert nothing_written()
+    assert gateway.client.post("/v1/webhook/acct/messages", content=raw, headers=headers).status_code == 202
+
+
+def test_the_signature_covers_the_id_and_the_timestamp(gateway):
+    raw = json.dumps(valid()).encode()
+    headers = sign_headers(raw)
+    for name, value in (("webhook-id", "msg_other"), ("webhook-timestamp", str(int(time.time()) - 1))):
+        response = gateway.client.post(
+            "/v1/webhook/acct/messages", content=raw, headers={**headers, name: value}
+        )
+        assert response.status_code == 401 and response.json()["check"] == "no_matching_signature"
+    assert nothing_written()
+
+
+def test_the_legacy_header_alone_is_refused_by_default(gateway):
+    response = post(gateway, valid(), legacy=True)
+    assert response.status_code == 401
+    assert response.json()["check"] == "legacy_signature_refused"
+    assert "X-Zenthor-Signature" in response.json()["error"] and nothing_written()
+
+
+def test_the_legacy_header_is_accepted_with_the_migration_setting_and_warned_once(
+    gateway, settings_env, caplog
+):
+    settings_env(
+        WEBHOOK_SECRET=SECRET,
+        WEBHOOK_CALLBACK_URL=CALLBACK,
+        WEBHOOK_DEFAULT_ACCOUNT="acct",
+        WEBHOOK_ACCEPT_LEGACY_SIGNATURE="true",
+    )
+    legacy_gateway = ThreadedGateway(create_app(publish=lambda _: True, broker=broker))
+    try:
+        with httpx.Client(base_url=legacy_gateway.url, timeout=10) as client, caplog.at_level("WARNING"):
+            url = "/v1/webhook/acct/messages"
+            assert signed_post(client, url, valid(), legacy=True).status_code == 202
+            assert signed_post(client, url, valid(message_id="m-2"), legacy=True).status_code == 202
+            wrong = signed_post(client, url, valid(message_id="m-3"), "not-the-secret", legacy=True)
+            assert wrong.status_code == 401 and wrong.json()["check"] == "no_matching_signature"
+            # Both present: the standard one decides, whatever the legacy header says.
+            raw = json.dumps(valid(message_id="m-4")).encode()
+            both = {**sign_headers(raw, "not-the-secret"), **sign_headers(raw, legacy=True)}
+            assert client.post(url, content=raw, headers=both).status_code == 401
+            both = {**sign_headers(raw), "X-Zenthor-Signature": "sha256=00"}
+            assert client.post(url, content=raw, headers=both).status_code == 202
+    finally:
+        legacy_gateway.stop()
+    warnings = [r for r in caplog.records if getattr(r, "event", None) == "gateway.legacy_signature"]
+    assert len(warnings) == 1 and "acct" in warnings[0].getMessage()
+    assert count("message") == 3
 
 
 def test_signature_over_a_different_body_is_refused(gateway):
@@ -97,7 +201,7 @@ def test_signature_over_a_different_body_is_refused(gateway):
     response = gateway.client.post(
         "/v1/webhook/acct/messages",
         content=raw + b" ",
-        headers={SIGNATURE_HEADER: sign(raw, SECRET)},
+        headers=sign_headers(raw),
     )
     assert response.status_code == 401 and nothing_written()
 
@@ -110,6 +214,8 @@ def test_signature_over_a_different_body_is_refused(gateway):
         (b"[1, 2]", "JSON object, got array"),
         (b'"text"', "JSON object, got string"),
         (b"\xff\xfe{}", "UTF-8"),
+        (b"[" * 30_000 + b"]" * 30_000, "nested too deeply"),
+        (b'{"message_id": 1' + b"0" * 5_000 + b"}", "not usable JSON"),
     ],
 )
 def test_broken_json_is_400_naming_the_problem(gateway, raw, needle):
@@ -164,9 +270,7 @@ def test_body_over_64_kib_without_content_length_is_413(gateway):
         for start in range(0, len(raw), 8192):
             yield raw[start : start + 8192]
 
-    response = gateway.client.post(
-        "/v1/webhook/acct/messages", content=chunks(), headers={SIGNATURE_HEADER: sign(raw, SECRET)}
-    )
+    response = gateway.client.post("/v1/webhook/acct/messages", content=chunks(), headers=sign_headers(raw))
     assert response.status_code == 413 and nothing_written()
 
 
@@ -202,9 +306,17 @@ def test_escaped_unicode_in_json_is_decoded_to_the_same_text(gateway):
     assert Message.get(Message.role == "user").content == "😀 ok"
 
 
+def test_an_account_id_with_a_nul_is_422_not_a_crash(gateway):
+    response = post(gateway, valid(), account="a%00b")
+    assert response.status_code == 422 and response.json()["field"] == "account_id"
+    assert "NUL" in response.json()["error"] and nothing_written()
+
+
 def test_unknown_route_and_wrong_method(gateway):
-    assert gateway.client.get("/v1/webhook/acct/messages").status_code == 405
-    assert gateway.client.post("/v1/nope").status_code == 404
+    wrong_method = gateway.client.get("/v1/webhook/acct/messages")
+    assert wrong_method.status_code == 405 and wrong_method.json() == {"error": "Method Not Allowed"}
+    unknown = gateway.client.post("/v1/nope")
+    assert unknown.status_code == 404 and unknown.json() == {"error": "Not Found"}  # JSON, as every answer
 
 
 def test_healthz_is_503_until_a_worker_consumes_and_a_sweep_ran_then_200_and_503_when_workers_stop(gateway):
@@ -232,7 +344,12 @@ def test_healthz_is_503_until_a_worker_consumes_and_a_sweep_ran_then_200_and_503
 def test_healthz_names_a_job_that_waits_too_long(gateway, settings_env):
     from zenthor.db import execute
 
-    settings_env(WEBHOOK_SECRET=SECRET, WEBHOOK_CALLBACK_URL=CALLBACK, HEALTH_PENDING_MAX_AGE_S="60")
+    settings_env(
+        WEBHOOK_SECRET=SECRET,
+        WEBHOOK_CALLBACK_URL=CALLBACK,
+        WEBHOOK_DEFAULT_ACCOUNT="acct",
+        HEALTH_PENDING_MAX_AGE_S="60",
+    )
     post(gateway, valid())
     execute("UPDATE agent_job SET available_at = now() - interval '5 minutes'")
     checks = gateway.client.get("/healthz").json()["checks"]
@@ -273,12 +390,25 @@ def test_metrics_expose_queue_gauges_and_event_counters(gateway):
     assert 'zenthor_events_total{event="inbound.accepted"}' in text
 
 
-def test_gateway_refuses_to_start_without_a_secret(settings_env):
+def test_the_shortcut_secret_serves_only_the_default_account(settings_env):
+    settings_env(WEBHOOK_SECRET=SECRET, WEBHOOK_CALLBACK_URL=CALLBACK)  # WEBHOOK_DEFAULT_ACCOUNT unset
+    running = ThreadedGateway(create_app(publish=lambda _: True, broker=broker))
+    try:
+        with httpx.Client(base_url=running.url, timeout=10) as client:
+            acct = signed_post(client, "/v1/webhook/acct/messages", valid())
+            assert acct.status_code == 404 and acct.json()["check"] == "unknown_account"
+            assert signed_post(client, "/v1/webhook/default/messages", valid()).status_code == 202
+    finally:
+        running.stop()
+    assert count("message") == 1
+
+
+def test_a_malformed_whsec_secret_is_refused_at_start_without_echoing_it(settings_env):
     from zenthor.settings import SettingsError
 
-    settings_env(WEBHOOK_SECRET="", WEBHOOK_CALLBACK_URL="")
-    with pytest.raises(SettingsError, match="WEBHOOK_SECRET"):
-        create_app(publish=lambda _: True, broker=broker)
+    with pytest.raises(SettingsError, match="WEBHOOK_SECRET: must be whsec_ followed by base64") as error:
+        settings_env(WEBHOOK_SECRET="whsec_!!not-base64!!", WEBHOOK_CALLBACK_URL=CALLBACK)
+    assert "!!not-base64!!" not in str(error.value)
 
 
 def test_healthz_and_metrics_report_each_whatsapp_account(gateway):

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import httpx
 
-from tests.ingress.helpers import CallbackServer, GatewayProcess
+from tests.ingress.helpers import TEST_SECRET, CallbackServer, GatewayProcess, signed_post
 from tests.support.workers import WorkerProcess, wait_for
-from zenthor.channels.webhook.signing import SIGNATURE_HEADER, sign
 
-SECRET = "idle-secret"
+SECRET = TEST_SECRET
 HEARTBEAT_S = 2  # RabbitMQ drops a silent connection after about two of these
 
 
@@ -42,12 +41,8 @@ def post(gateway: GatewayProcess, message_id: str) -> None:
     body = json.dumps(
         {"message_id": message_id, "chat_id": "c", "sender_id": "s", "text": message_id}
     ).encode()
-    response = httpx.post(
-        f"{gateway.url}/v1/webhook/acct/messages",
-        content=body,
-        headers={SIGNATURE_HEADER: sign(body, SECRET)},
-        timeout=30,
-    )
+    with httpx.Client(timeout=30) as client:
+        response = signed_post(client, f"{gateway.url}/v1/webhook/acct/messages", body, SECRET)
     assert response.status_code == 202, response.text
 
 
@@ -56,6 +51,7 @@ def test_an_idle_worker_and_gateway_log_no_error_and_still_serve(settings_env):
     env = {
         "WEBHOOK_SECRET": SECRET,
         "WEBHOOK_CALLBACK_URL": callback.url,
+        "WEBHOOK_DEFAULT_ACCOUNT": "acct",
         "RABBITMQ_HEARTBEAT_S": str(HEARTBEAT_S),
         "LOG_LEVEL": "INFO",
     }
@@ -99,7 +95,13 @@ def test_the_gateways_descriptors_stay_flat_while_its_request_threads_come_and_g
     """Starlette runs accept() in anyio worker threads that end after 10 s idle; each had its own
     broker connection, which used to stay open after its thread ended."""
     callback = CallbackServer()
-    env = {"WEBHOOK_SECRET": SECRET, "WEBHOOK_CALLBACK_URL": callback.url, "LOG_LEVEL": "WARNING"}
+    env = {
+        "WEBHOOK_SECRET": SECRET,
+        "WEBHOOK_CALLBACK_URL": callback.url,
+        "WEBHOOK_DEFAULT_ACCOUNT": "acct",
+        "WEBHOOK_SENDER_RATE_PER_MIN": "0",  # 180 messages from one sender: no cost limit here
+        "LOG_LEVEL": "WARNING",
+    }
     settings_env(**env)
     gateway = GatewayProcess(env)
     pid = gateway_pid(gateway)

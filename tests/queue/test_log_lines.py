@@ -15,9 +15,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.ingress.helpers import CallbackServer, GatewayProcess, count
+from tests.ingress.helpers import CallbackServer, GatewayProcess, count, signed_post
 from tests.support.workers import WorkerProcess, wait_for
-from zenthor.channels.webhook.signing import SIGNATURE_HEADER, sign
 
 SECRET = "log-lines-secret"
 
@@ -46,7 +45,12 @@ def test_every_line_of_a_worker_the_scheduler_and_the_gateway_is_json(settings_e
     """Dramatiq's and periodiq's own start and stop lines too: ``zenthor worker`` and ``zenthor
     scheduler`` install the handler before handing over to the libraries' command lines."""
     callback = CallbackServer()
-    env = {"WEBHOOK_SECRET": SECRET, "WEBHOOK_CALLBACK_URL": callback.url, "LOG_LEVEL": "INFO"}
+    env = {
+        "WEBHOOK_SECRET": SECRET,
+        "WEBHOOK_CALLBACK_URL": callback.url,
+        "WEBHOOK_DEFAULT_ACCOUNT": "acct",
+        "LOG_LEVEL": "INFO",
+    }
     settings_env(**env)
     scheduler_log = Path(tempfile.mkstemp(prefix="zenthor-scheduler-", suffix=".log")[1])
     worker = gateway = scheduler = None
@@ -65,12 +69,8 @@ def test_every_line_of_a_worker_the_scheduler_and_the_gateway_is_json(settings_e
             lambda: len(worker.events()) and "ready for action" in worker.log_text(), 60, message="worker"
         )
         body = json.dumps({"message_id": "json-1", "chat_id": "c", "sender_id": "s", "text": "hi"}).encode()
-        response = httpx.post(
-            f"{gateway.url}/v1/webhook/acct/messages",
-            content=body,
-            headers={SIGNATURE_HEADER: sign(body, SECRET), "Content-Type": "application/json"},
-            timeout=10,
-        )
+        with httpx.Client(timeout=10) as client:
+            response = signed_post(client, f"{gateway.url}/v1/webhook/acct/messages", body, SECRET)
         assert response.status_code == 202, response.text
         wait_for(lambda: callback.ok_records(), 60, message="the reply at the callback")
         wait_for(

@@ -28,11 +28,10 @@ import pytest
 from peewee import InterfaceError, OperationalError
 
 from tests.conftest import TEST_DB, TEST_VHOST
-from tests.ingress.helpers import CallbackServer, GatewayProcess, count
+from tests.ingress.helpers import CallbackServer, GatewayProcess, count, signed_post
 from tests.support.factories import make_conversation, make_job
 from tests.support.fake_model import FakeModel
 from tests.support.workers import DbThread, WorkerProcess, log_events, wait_for
-from zenthor.channels.webhook.signing import SIGNATURE_HEADER, sign
 from zenthor.db import database, execute
 from zenthor.models import AgentJob
 from zenthor.queue import ClaimRefused, claim, complete, requeue_stale
@@ -96,6 +95,7 @@ def stack(settings_env):
     env = {
         "WEBHOOK_SECRET": SECRET,
         "WEBHOOK_CALLBACK_URL": callback.url,
+        "WEBHOOK_DEFAULT_ACCOUNT": "acct",
         "OUTBOUND_RETRY_BASE_MS": "100",
         "AI_BASE_URL": model.base_url,
         "AI_API_KEY": "test-key",
@@ -150,9 +150,7 @@ class Traffic:
                 ).encode()
                 deadline = time.monotonic() + 30
                 while True:
-                    response = client.post(
-                        self.url, content=body, headers={SIGNATURE_HEADER: sign(body, SECRET)}
-                    )
+                    response = signed_post(client, self.url, body, SECRET)
                     if response.status_code in (200, 202):
                         break
                     assert response.status_code == 503 and time.monotonic() < deadline, response.text

@@ -1,4 +1,4 @@
-"""``zenthor gateway``: the HTTP webhook ingress with /healthz and /metrics.
+"""``zenthor gateway``: the HTTP webhook ingress with /healthz, /metrics and /openapi.json.
 
 The command wires the gateway to this process's broker (the channel module imports no actor):
 :func:`build_app` is also the factory each uvicorn process calls with ``--workers`` > 1.
@@ -32,13 +32,24 @@ def build_app() -> Starlette:
     "--workers", type=click.IntRange(1, 64), default=1, show_default=True, help="uvicorn processes."
 )
 def gateway_command(host: str | None, port: int | None, workers: int) -> None:
-    """Serve POST /v1/webhook/{account_id}/messages, GET /healthz and GET /metrics."""
+    """Serve POST /v1/webhook/{account_id}/messages, GET /healthz, GET /metrics and GET /openapi.json."""
     settings = bootstrap("gateway", long_running=True)
-    if not settings.WEBHOOK_SECRET:
-        # Both unset (one alone is refused by the settings): nothing to verify requests with.
+    from zenthor.channels.webhook.account_store import check_secret_key
+    from zenthor.channels.webhook.secret_box import SecretKeyError
+    from zenthor.db import database
+
+    try:
+        with database.connection_context():
+            accounts = check_secret_key(settings)
+    except SecretKeyError as error:
+        sys.stderr.write(f"zenthor: {error}\n")
+        raise SystemExit(2) from None
+    if not settings.WEBHOOK_SECRET and not accounts:
+        # Both unset (one alone is refused by the settings) and no account: nothing to verify with.
         sys.stderr.write(
             "zenthor: missing settings WEBHOOK_SECRET and WEBHOOK_CALLBACK_URL: the gateway verifies "
-            "each request with the secret, and the workers POST its replies to the callback URL\n"
+            "each request with the secret, and the workers POST its replies to the callback URL "
+            "(or add accounts with `zenthor webhook add-account`)\n"
         )
         raise SystemExit(2)
     import uvicorn

@@ -17,13 +17,15 @@ from zenthor.db import database, execute
 from zenthor.ingress.answers import AnswerRequest, find_answer
 from zenthor.ingress.dedupe import record_key
 from zenthor.ingress.message import InboundMessage
-from zenthor.ingress.policy import policy_for
+from zenthor.ingress.policy import ContactPolicy, policy_for
 from zenthor.observability import emit
 from zenthor.observability import events as ev
 from zenthor.queue import enqueue_job
+from zenthor.queue.conversations import lock_conversation
 from zenthor.settings import get_settings
 
 Publisher = Callable[[int], object]
+Admit = Callable[[InboundMessage], None]
 
 ACCEPTED, DUPLICATE, ANSWER, IGNORED, NOTICE = "accepted", "duplicate", "answer", "ignored", "notice"
 
@@ -65,19 +67,27 @@ class AcceptResult:
     published: bool | None = None
 
 
-def accept(message: InboundMessage, *, publish: Publisher | None = None) -> AcceptResult:
+def accept(
+    message: InboundMessage,
+    *,
+    publish: Publisher | None = None,
+    policy: ContactPolicy | None = None,
+    admit: Admit | None = None,
+) -> AcceptResult:
     """Accept ``message`` once; publish its job's dispatch nudge after commit.
 
     ``publish`` defaults to the publisher registered with :func:`set_default_publisher` (the
     dispatch nudge, once ``zenthor.actors`` is imported); tests pass their own. Must not run
-    inside an open transaction: the publish has to follow the commit.
+    inside an open transaction: the publish has to follow the commit. ``policy`` replaces the
+    channel's contact policy (a webhook account's own); ``admit`` runs in the transaction once the
+    message is known to be new, and may raise to refuse it with nothing stored (a cost limit).
     """
     if database.in_transaction():
         raise RuntimeError("accept() must run outside a transaction: it commits before publishing")
     key = message.dedupe_key()
-    policy = policy_for(message.channel, get_settings())
+    policy = policy or policy_for(message.channel, get_settings())
     with database.atomic():
-        result = _accept_in_transaction(message, key, policy)
+        result = _accept_in_transaction(message, key, policy, admit)
     _emit(message, key, result)
     if result.job_id is None:
         return result
@@ -93,9 +103,11 @@ def accept(message: InboundMessage, *, publish: Publisher | None = None) -> Acce
     )
 
 
-def _accept_in_transaction(message: InboundMessage, key: str, policy) -> AcceptResult:
+def _accept_in_transaction(message: InboundMessage, key: str, policy, admit: Admit | None) -> AcceptResult:
     if not record_key(message.channel, message.account_id, key):
         return AcceptResult(DUPLICATE)
+    if admit is not None:
+        admit(message)  # raising rolls the dedupe key back with everything else
     (operator_allowed,) = execute(
         _UPSERT_CONTACT, (message.channel, message.account_id, message.sender_id, message.sender_name)
     )[0]
@@ -106,7 +118,7 @@ def _accept_in_transaction(message: InboundMessage, key: str, policy) -> AcceptR
     # Serialise accepts of one conversation until commit, so ids (the FIFO order of its jobs)
     # follow commit order even when several senders write to one group chat at once. NO KEY
     # UPDATE does not block the foreign-key checks of other writers to this conversation.
-    execute("SELECT 1 FROM conversation WHERE id = %s FOR NO KEY UPDATE", (conversation_id,))
+    lock_conversation(conversation_id)
     # sent_at is the sender's time, kept for context and audit; turns follow acceptance order.
     (message_id,) = execute(
         _INSERT_MESSAGE,
@@ -154,6 +166,8 @@ def accept_notice(message: InboundMessage, reply: str | None) -> AcceptResult:
         conversation_id = _conversation_id(message)
         outbound_id = None
         if reply:
+            # Like every outbox writer: the conversation first, so its outbox ids commit in order.
+            lock_conversation(conversation_id)
             ((outbound_id,),) = execute(
                 _INSERT_NOTICE,
                 (conversation_id, message.channel, message.account_id, message.chat_id, reply),

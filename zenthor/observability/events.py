@@ -157,6 +157,15 @@ JOB_CLOSED = event(
     description="a job awaiting approval was closed without running again (the question was superseded)",
     says="job {job_id} closed without running again ({reason})",
 )
+JOB_RETRIED = event(
+    "queue.job.retried",
+    "old_job_id",
+    "job_id",
+    "conversation_id",
+    "open_ahead",
+    description="an operator retried a failed job as a new job at the back of its conversation's line",
+    says="job {old_job_id} retried as job {job_id}, behind {open_ahead} open job(s)",
+)
 JOB_NOT_FOUND = event(
     "queue.job.not_found",
     "job_id",
@@ -248,6 +257,20 @@ SWEEP_RECHECK_SCHEDULED = event(
     "delay_ms",
     level=logging.DEBUG,
     says="next sweep re-check in {delay_ms} ms",
+)
+RETENTION_PRUNED = event(
+    "queue.retention.pruned",
+    "jobs",
+    "outbox",
+    "approvals",
+    "reminders",
+    "messages",
+    "days",
+    "dry_run",
+    description="finished rows past RETENTION_DAYS deleted by the sweep or `zenthor ops prune` "
+    "(dry_run: only counted); logged at DEBUG when none went",
+    says="retention ({days} days, dry run {dry_run}): {jobs} jobs, {outbox} outbox rows, {approvals} approvals, "
+    "{reminders} reminders, {messages} messages",
 )
 
 # --- ingress and delivery -----------------------------------------------------------------
@@ -617,6 +640,14 @@ GATEWAY_REQUEST_REJECTED = event(
     "reason",
     level=logging.INFO,
     says="gateway refused a request for account {account_id} with {status}: {reason}",
+)
+GATEWAY_LEGACY_SIGNATURE = event(
+    "gateway.legacy_signature",
+    "account_id",
+    level=logging.WARNING,
+    description="a request was accepted on the deprecated X-Zenthor-Signature (once per account and hour)",
+    says="account {account_id} still signs with the deprecated X-Zenthor-Signature: move it to "
+    "Standard Webhooks, then unset WEBHOOK_ACCEPT_LEGACY_SIGNATURE",
 )
 
 # --- agent turn: model, context, tools, approvals (issue 5) -------------------------------

@@ -1,16 +1,18 @@
 """``zenthor gateway``: the webhook ingress, ``/healthz`` and ``/metrics`` (Starlette on uvicorn).
 
-``POST /v1/webhook/{account_id}/messages``: checks size (413 above 64 KiB), signature (401),
-JSON (400) and fields (422) before anything is written, then calls
-:func:`~zenthor.ingress.accept` in a worker thread: 202 accepted, 200 duplicate. accept is one
-transaction, so nothing is half-written on any error; a database outage answers 503 so the
-caller retries.
+``POST /v1/webhook/{account_id}/messages``: checks size (413 above 64 KiB), the account (404
+unknown), the Standard Webhooks signature (401 naming the failed check), JSON (400) and fields
+(422) before anything is written, then calls :func:`~zenthor.ingress.accept` in a worker thread:
+202 accepted, 200 duplicate. accept is one transaction, so nothing is half-written on any error;
+a database outage answers 503 so the caller retries. ``GET /openapi.json`` describes the API.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,11 +22,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from prometheus_client.core import GaugeMetricFamily
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from zenthor.channels.webhook.signing import SIGNATURE_HEADER, verify
+from zenthor.channels.webhook import signing
+from zenthor.channels.webhook.accounts import WebhookAccount, find_account
+from zenthor.channels.webhook.openapi import MAX_BODY_BYTES, openapi_document
+from zenthor.channels.webhook.secret_box import SecretKeyError
+from zenthor.channels.webhook.sender_limit import SenderOverLimit, sender_limit
 from zenthor.channels.webhook.validation import BodyError, FieldError, parse_body, to_inbound
 from zenthor.db import database
 from zenthor.ingress import DUPLICATE, IGNORED, AcceptResult, InboundMessage, accept
@@ -36,7 +43,6 @@ from zenthor.queue.health import health_checks
 from zenthor.queue.stats import queue_depth
 from zenthor.settings import Settings, get_settings
 
-MAX_BODY_BYTES = 64 * 1024
 MAX_ACCOUNT_ID_LENGTH = 128
 
 _logger = logging.getLogger(__name__)
@@ -55,8 +61,7 @@ def create_app(
     """The gateway application: ``publish`` nudges dispatch for an accepted job, ``broker`` is
     asked for the dispatch queue's consumers by /healthz (the command passes the real ones)."""
     settings = settings or get_settings()
-    settings.require("WEBHOOK_SECRET")
-    secret = settings.WEBHOOK_SECRET
+    admit = sender_limit(settings.WEBHOOK_SENDER_RATE_PER_MIN, settings.WEBHOOK_SENDER_BURST)
     queue_registry = CollectorRegistry(auto_describe=False)
     queue_registry.register(_QueueCollector())
     queue_registry.register(AccountsCollector(lambda: accounts_snapshot("whatsapp")))
@@ -67,13 +72,31 @@ def create_app(
             body = await _read_limited(request, MAX_BODY_BYTES)
         except _TooLarge:
             return _reject(account_id, 413, f"body is larger than {MAX_BODY_BYTES} bytes")
-        if not verify(body, request.headers.get(SIGNATURE_HEADER), secret):
-            reason = (
-                "missing signature" if SIGNATURE_HEADER.lower() not in request.headers else "bad signature"
-            )
-            return _reject(account_id, 401, f"{reason}: expected {SIGNATURE_HEADER}: sha256=<hex>")
         if not account_id.strip() or len(account_id) > MAX_ACCOUNT_ID_LENGTH:
             return _reject(account_id, 422, "account_id: must be 1 to 128 characters", field="account_id")
+        if "\x00" in account_id:  # Postgres text cannot hold NUL: refused before any lookup
+            return _reject(account_id, 422, "account_id: must not contain NUL characters", field="account_id")
+        try:
+            account = await run_in_threadpool(_find_account_in_thread, account_id, settings)
+        except (OperationalError, InterfaceError, MaxConnectionsExceeded) as error:
+            _logger.error("database unavailable: %s", str(error)[:200], extra={"event": "gateway.db_error"})
+            return _reject(account_id, 503, "database unavailable; retry later")
+        except SecretKeyError as error:
+            # A misconfigured gateway (the start-up check passed, the key changed since): the
+            # sender should retry later; the operator reads the cause in the log.
+            _logger.error("%s", error, extra={"event": "gateway.secret_key_error"})
+            return _reject(account_id, 503, "this account's secrets cannot be read; retry later")
+        if account is None:
+            return _reject(
+                account_id,
+                404,
+                "unknown account: no webhook account has this id (`zenthor webhook add-account`)",
+                check="unknown_account",
+            )
+        try:
+            _check_signature(account, body, request.headers, settings)
+        except signing.SignatureError as error:
+            return _reject(account_id, 401, str(error), check=error.check, header=error.header)
         try:
             message = to_inbound(account_id, parse_body(body))
         except BodyError as error:
@@ -81,7 +104,16 @@ def create_app(
         except FieldError as error:
             return _reject(account_id, 422, str(error), field=error.field)
         try:
-            result = await run_in_threadpool(_accept_in_thread, message, publish)
+            result = await run_in_threadpool(_accept_in_thread, message, publish, account, admit)
+        except SenderOverLimit as error:
+            return _reject(
+                account_id,
+                429,
+                str(error),
+                field="sender_id",
+                check="sender_rate_limit",
+                extra_headers={"Retry-After": str(error.retry_after_s)},
+            )
         except (OperationalError, InterfaceError, MaxConnectionsExceeded) as error:
             _logger.error("database unavailable: %s", str(error)[:200], extra={"event": "gateway.db_error"})
             return _reject(account_id, 503, "database unavailable; retry later")
@@ -118,19 +150,90 @@ def create_app(
             payload = generate_latest(REGISTRY)
         return Response(payload, media_type=CONTENT_TYPE_LATEST)
 
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(openapi_document())
+
     return Starlette(
         routes=[
             Route("/v1/webhook/{account_id}/messages", receive_message, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
-        ]
+            Route("/openapi.json", openapi, methods=["GET"]),
+        ],
+        # Every answer is JSON, also the router's own 404 and 405 and an unexpected error.
+        exception_handlers={HTTPException: _http_error, Exception: _server_error},
     )
 
 
-def _accept_in_thread(message: InboundMessage, publish: Callable[[int], object]) -> AcceptResult:
+async def _http_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, HTTPException)
+    return JSONResponse({"error": error.detail}, status_code=error.status_code, headers=error.headers)
+
+
+async def _server_error(request: Request, error: Exception) -> Response:
+    _logger.error(
+        "unexpected error: %s", type(error).__name__, exc_info=error, extra={"event": "gateway.error"}
+    )
+    return JSONResponse({"error": "internal error; see the gateway log"}, status_code=500)
+
+
+def _find_account_in_thread(account_id: str, settings: Settings) -> WebhookAccount | None:
+    with database.connection_context():
+        return find_account(account_id, settings)
+
+
+def _check_signature(
+    account: WebhookAccount, body: bytes, headers: Mapping[str, str], settings: Settings
+) -> None:
+    """Raise :class:`~zenthor.channels.webhook.signing.SignatureError` unless the request is signed
+    with one of the account's secrets: Standard Webhooks whenever any of its headers is present,
+    else the legacy header when ``WEBHOOK_ACCEPT_LEGACY_SIGNATURE`` allows it."""
+    legacy = headers.get(signing.LEGACY_SIGNATURE_HEADER)
+    if legacy is None or signing.has_standard_headers(headers):
+        signing.verify(body, headers, account.secrets, tolerance_s=settings.WEBHOOK_TOLERANCE_S)
+        return
+    if not settings.WEBHOOK_ACCEPT_LEGACY_SIGNATURE:
+        raise signing.SignatureError(
+            signing.LEGACY_REFUSED,
+            f"{signing.LEGACY_SIGNATURE_HEADER} is no longer accepted: sign with Standard Webhooks "
+            f"({', '.join(signing.STANDARD_HEADERS)})",
+            header=signing.LEGACY_SIGNATURE_HEADER,
+        )
+    if not signing.legacy_verify(body, legacy, account.secrets):
+        raise signing.SignatureError(
+            signing.NO_MATCHING_SIGNATURE,
+            f"no matching signature: {signing.LEGACY_SIGNATURE_HEADER} does not match this account's "
+            "secret over the body",
+            header=signing.LEGACY_SIGNATURE_HEADER,
+        )
+    _warn_legacy(account.account_id)
+
+
+_LEGACY_WARN_EVERY_S = 3600.0
+_legacy_warned: dict[str, float] = {}
+_legacy_lock = threading.Lock()
+
+
+def _warn_legacy(account_id: str) -> None:
+    # Once per account and hour (per gateway process): a migration is visible, not a flood.
+    now = time.monotonic()
+    with _legacy_lock:
+        last = _legacy_warned.get(account_id)
+        if last is not None and now - last < _LEGACY_WARN_EVERY_S:
+            return
+        _legacy_warned[account_id] = now
+    emit(ev.GATEWAY_LEGACY_SIGNATURE, account_id=account_id[:128])
+
+
+def _accept_in_thread(
+    message: InboundMessage,
+    publish: Callable[[int], object],
+    account: WebhookAccount,
+    admit: Callable[[InboundMessage], None] | None,
+) -> AcceptResult:
     # The thread hands its connection back to the pool after each request.
     with database.connection_context():
-        return accept(message, publish=publish)
+        return accept(message, publish=publish, policy=account.policy, admit=admit)
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:
@@ -145,12 +248,22 @@ async def _read_limited(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def _reject(account_id: str, status: int, error: str, *, field: str | None = None) -> JSONResponse:
+def _reject(
+    account_id: str,
+    status: int,
+    error: str,
+    *,
+    field: str | None = None,
+    check: str | None = None,
+    header: str | None = None,
+    extra_headers: dict[str, str] | None = None,
+) -> JSONResponse:
     emit(ev.GATEWAY_REQUEST_REJECTED, account_id=account_id[:128], status=status, reason=error[:200])
     content: dict[str, Any] = {"error": error}
-    if field is not None:
-        content["field"] = field
-    return JSONResponse(content, status_code=status)
+    for name, value in (("field", field), ("check", check), ("header", header)):
+        if value is not None:
+            content[name] = value
+    return JSONResponse(content, status_code=status, headers=extra_headers)
 
 
 def channel_account_health() -> dict[str, str]:

@@ -1,5 +1,7 @@
-"""Webhook replies: POST each outbox row to ``WEBHOOK_CALLBACK_URL``, signed, with
-``Idempotency-Key: <outbound_id>`` so a retry of the same row can be dropped by the receiver.
+"""Webhook replies: POST each outbox row to its account's callback URL, signed with Standard
+Webhooks (the account's newest secret, the current time), ``webhook-id`` = ``Idempotency-Key`` =
+the row's idempotency key (its outbound id), so a retry of the same row can be dropped by the
+receiver and a replayed callback refused once its timestamp is outside the tolerance.
 
 Any 2xx counts as delivered; a timeout, a connection error or any other status raises a
 retryable :class:`~zenthor.channels.SendError` (the outbox backs off and tries again).
@@ -14,7 +16,9 @@ import httpx
 
 from zenthor.channels import SendError, register_sender
 from zenthor.channels.webhook import CHANNEL
-from zenthor.channels.webhook.signing import SIGNATURE_HEADER, sign
+from zenthor.channels.webhook.accounts import find_account
+from zenthor.channels.webhook.secret_box import SecretKeyError
+from zenthor.channels.webhook.signing import sign_headers
 from zenthor.settings import get_settings
 
 _client: httpx.Client | None = None
@@ -46,22 +50,30 @@ def callback_body(lease) -> bytes:
 
 
 def send_webhook(lease) -> None:
-    """POST one reply to the callback URL; raise :class:`SendError` unless it answered 2xx."""
+    """POST one reply to the account's callback URL; raise :class:`SendError` unless it answered 2xx."""
     settings = get_settings()
-    if not settings.WEBHOOK_CALLBACK_URL:
-        raise SendError("WEBHOOK_CALLBACK_URL is not set")
-    if not settings.WEBHOOK_SECRET:
-        raise SendError("WEBHOOK_SECRET is not set")
+    try:
+        account = find_account(lease.account_id, settings)
+    except SecretKeyError as error:
+        raise SendError(str(error)) from None
+    if account is None:
+        raise SendError(f"unknown webhook account {lease.account_id[:128]!r}: nowhere to send its reply")
+    if not account.secrets:
+        raise SendError(f"webhook account {lease.account_id[:128]!r} has no live secret to sign with")
+    if not account.callback_url:
+        raise SendError(f"webhook account {lease.account_id[:128]!r} has no callback URL")
     body = callback_body(lease)
+    key = str(lease.outbound_id)
     headers = {
         "Content-Type": "application/json; charset=utf-8",
-        "Idempotency-Key": str(lease.outbound_id),
+        "Idempotency-Key": key,
         "X-Zenthor-Provider-Message-Id": lease.provider_message_id,
-        SIGNATURE_HEADER: sign(body, settings.WEBHOOK_SECRET),
+        # Signed at each attempt: a retry keeps the id and carries a fresh timestamp.
+        **sign_headers(account.secrets[0], body, msg_id=key),
     }
     try:
         response = _http().post(
-            settings.WEBHOOK_CALLBACK_URL, content=body, headers=headers, timeout=settings.WEBHOOK_TIMEOUT_S
+            account.callback_url, content=body, headers=headers, timeout=settings.WEBHOOK_TIMEOUT_S
         )
     except httpx.HTTPError as error:
         raise SendError(f"callback failed: {type(error).__name__}: {str(error)[:150]}") from None

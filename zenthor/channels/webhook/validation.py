@@ -41,6 +41,11 @@ def parse_body(body: bytes) -> dict[str, Any]:
         raise BodyError(
             f"body is not JSON: {error.msg} at line {error.lineno} column {error.colno}"
         ) from None
+    except RecursionError:
+        raise BodyError("body is nested too deeply") from None
+    except ValueError as error:
+        # Python refuses an integer of more than 4300 digits (a denial-of-service guard).
+        raise BodyError(f"body is not usable JSON: {str(error)[:120]}") from None
     if not isinstance(data, dict):
         raise BodyError(f"body must be a JSON object, got {_json_type(data)}")
     return data
