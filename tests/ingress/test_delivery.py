@@ -188,11 +188,11 @@ def test_long_reply_is_split_into_ordered_outbox_rows(callback, worker):
     assert all(len(p) <= 4000 and p.endswith(". ") for p in parts[:-1])
 
 
-def lock_waiters() -> int:
-    """Sessions of this test's database that wait for a row lock right now."""
-    return execute(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
-    )[0][0]
+def blocked_by(pid: int) -> int:
+    """Sessions waiting for a lock that the session ``pid`` holds, right now."""
+    return execute("SELECT count(*) FROM pg_stat_activity WHERE %s = ANY (pg_blocking_pids(pid))", (pid,))[0][
+        0
+    ]
 
 
 def test_a_reminder_written_while_a_reply_commits_goes_out_after_it():
@@ -217,6 +217,7 @@ def test_a_reminder_written_while_a_reply_commits_goes_out_after_it():
     def complete_turn() -> None:
         with database.atomic():
             written["reply"] = write_replies(conversation_id, None, ["the reply"]).outbound_ids
+            written["pid"] = execute("SELECT pg_backend_pid()")[0][0]
             reply_written.set()
             assert release_reply.wait(10)
 
@@ -228,8 +229,12 @@ def test_a_reminder_written_while_a_reply_commits_goes_out_after_it():
         turn.start()
         assert reply_written.wait(10)
         reminders.start()
-        # Either the sweep commits (it did not wait) or it is seen waiting for a row lock.
-        wait_for(lambda: not reminders.is_alive() or lock_waiters() > 0, 10, message="sweep done or waiting")
+        # Either the sweep commits (it did not wait) or it is seen waiting for the turn's lock.
+        wait_for(
+            lambda: not reminders.is_alive() or blocked_by(written["pid"]) > 0,
+            10,
+            message="sweep done or waiting",
+        )
         waited = reminders.is_alive()
         if not waited:  # what the bug looks like: the reminder can go out before the reply
             (reminder_row,) = execute("SELECT outbound_id FROM reminder")[0]

@@ -239,6 +239,52 @@ def test_history_keeps_its_order_after_the_jobs_are_pruned():
     assert list(load_history(conversation, third, third_message)) == expected
 
 
+def test_a_user_message_that_names_no_job_keeps_its_turn_when_the_job_is_pruned():
+    """A user message written before 0007 has no job_id: the history finds its turn through
+    agent_job.message_id. Pruning the job writes the turn on the message first, or the history
+    would keep the reply and lose the question."""
+    conversation = make_conversation("legacy")
+    old = make_job(conversation, "what time is it?")
+    execute("UPDATE message SET job_id = NULL WHERE role = 'user' AND conversation_id = %s", (conversation,))
+    execute(
+        "INSERT INTO message (conversation_id, role, content, job_id) VALUES (%s, 'assistant', 'noon', %s)",
+        (conversation, old),
+    )
+    execute(
+        "UPDATE agent_job SET status = 'done', finished_at = now() - interval '40 days' WHERE id = %s", (old,)
+    )
+    now = make_job(conversation, "thanks")
+    message = execute("SELECT message_id FROM agent_job WHERE id = %s", (now,))[0][0]
+    expected = [
+        {"role": "user", "content": "what time is it?"},
+        {"role": "assistant", "content": "noon"},
+        {"role": "user", "content": "thanks"},
+    ]
+    assert list(load_history(conversation, now, message)) == expected
+    assert run_sweep("manual")["pruned_jobs"] == 1
+    assert list(load_history(conversation, now, message)) == expected
+
+
+def test_an_approval_stays_until_its_failed_job_is_old_enough_to_go_and_a_pruned_resume_is_not_retried():
+    """A failed resume is retried with its approval (the tool's idempotency key): the approval
+    goes only with its job. Once retention took it, the retry is refused, naming why."""
+    failed = _job("failed", RECENT, chat="resume")
+    execute("UPDATE agent_job SET kind = 'resume' WHERE id = %s", (failed,))
+    approval = _approval("approved", OLD, failed)  # resolved long ago, its job failed lately
+    run_sweep("manual")
+    assert _ids("tool_approval") == {approval}
+    result = CliRunner().invoke(cli, ["ops", "retry-job", str(failed)])
+    assert result.exit_code == 0, result.output
+
+    gone = _job("failed", OLD, chat="resume-old")
+    execute("UPDATE agent_job SET kind = 'resume' WHERE id = %s", (gone,))
+    _approval("approved", OLD, gone)
+    assert retention.delete_batch("approvals", retention.RetentionPolicy(30, None, 1000)) == 1
+    refused = CliRunner().invoke(cli, ["ops", "retry-job", str(gone)])
+    assert refused.exit_code == 1
+    assert f"job {gone} can no longer be retried: retention removed its message or approval" in refused.output
+
+
 def test_retention_statements_find_rows_through_their_indexes():
     """At 30k rows a table, a tenth of them old (a month of history plus three days), every
     batch finds its rows through the table's finder index and deletes them by primary key."""
@@ -298,7 +344,7 @@ def test_retention_statements_find_rows_through_their_indexes():
     assert 2000 < prunable.jobs == prunable.outbox == prunable.approvals == prunable.reminders < 3000
     assert prunable.messages == prunable.jobs, prunable
     assert retention.prune(policy, budget_s=-1) == retention.PruneCounts()  # out of time: no batch
-    assert retention.prune(policy) == prunable
+    assert retention.prune(policy, budget_s=None) == prunable  # the budget is tested above
     assert retention.count_prunable(policy) == retention.PruneCounts()
 
 

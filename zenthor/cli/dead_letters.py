@@ -150,9 +150,13 @@ def dead_letters_command(queue: str, limit: int, export_path: str | None) -> Non
                 click.echo(f"{len(letters)} message(s) in {name} (left there)")
                 return
             exportable = [letter for letter in letters if letter.inbound is not None]
-            _write_durably(
-                export_path, [json.dumps(letter.inbound, ensure_ascii=False) for letter in exportable]
-            )
+            lines = [json.dumps(letter.inbound, ensure_ascii=False) for letter in exportable]
+            try:
+                _write_durably(export_path, lines)
+            except OSError as error:
+                raise click.ClickException(
+                    f"cannot write {export_path}: {error.strerror}; nothing was removed"
+                ) from None
             for letter in exportable:
                 channel.basic_ack(letter.tag)
     except pika.exceptions.AMQPError as error:

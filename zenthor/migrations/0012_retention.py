@@ -10,8 +10,13 @@ The finder indexes serve :mod:`zenthor.queue.retention`: each one holds only the
 its table, ordered by when they finished, so a batch reads the oldest ones and nothing else.
 
 Not atomic (see ``zenthor.migrations``): the indexes are built concurrently; dropping the
-constraint takes a short lock on ``message`` and ``agent_job``; each statement can be run again.
+constraint takes a short lock on ``message`` and ``agent_job`` (with a lock timeout, retried);
+each statement can be run again.
 """
+
+import time
+
+from peewee import OperationalError
 
 from zenthor.migrations import create_index_concurrently
 
@@ -36,8 +41,29 @@ INDEXES = [
 ]
 
 
+# Dropping the constraint takes ACCESS EXCLUSIVE on message and agent_job for an instant, but
+# waiting for it would queue every claim, heartbeat and accept behind a long reader (a dry-run
+# count, say) and let leases expire: wait a short while, give way, try again.
+LOCK_TIMEOUT = "2s"
+LOCK_ATTEMPTS = 30
+
+
+def _drop_job_fkey(db) -> None:
+    for attempt in range(1, LOCK_ATTEMPTS + 1):
+        try:
+            db.execute_sql(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
+            db.execute_sql("ALTER TABLE message DROP CONSTRAINT IF EXISTS message_job_id_fkey")
+            return
+        except OperationalError as error:
+            if "lock timeout" not in str(error) or attempt == LOCK_ATTEMPTS:
+                raise
+            time.sleep(min(0.2 * attempt, 2.0))
+        finally:
+            db.execute_sql("RESET lock_timeout")
+
+
 def up(migrator, db):
-    db.execute_sql("ALTER TABLE message DROP CONSTRAINT IF EXISTS message_job_id_fkey")
+    _drop_job_fkey(db)
     for name, table, expression, rows in INDEXES:
         create_index_concurrently(
             db,

@@ -695,7 +695,10 @@ UPDATE message SET job_id = %(new)s
 # A failed resume keeps its approval (idempotency key tool_approval:<id>): the tool runs once.
 _MOVE_APPROVALS = "UPDATE tool_approval SET job_id = %(new)s WHERE job_id = %(old)s"
 
-_OPEN = "('pending', 'processing', 'awaiting_approval')"
+# What a retried job waits behind (I2): a job awaiting approval does not hold the line.
+_OPEN = "('pending', 'processing')"
+
+_HAS_APPROVAL = "SELECT 1 FROM tool_approval WHERE job_id = %s"
 
 _RETRY_PREVIEW = f"""
 SELECT j.conversation_id, j.status, j.error_reason, j.error_message,
@@ -747,7 +750,7 @@ class RetryRefused:
     """Why a job was not retried (nothing was written); ``str()`` says it to an operator."""
 
     job_id: int
-    reason: str  # not_found | not_failed | already_retried
+    reason: str  # not_found | not_failed | already_retried | pruned
     status: str | None = None
     retried_as: int | None = None
     retried_status: str | None = None
@@ -757,6 +760,11 @@ class RetryRefused:
             return f"job {self.job_id} does not exist"
         if self.reason == "already_retried":
             return f"job {self.job_id} was already retried as job {self.retried_as} ({self.retried_status})"
+        if self.reason == "pruned":
+            return (
+                f"job {self.job_id} can no longer be retried: retention removed its message or approval "
+                "(RETENTION_DAYS, MESSAGE_RETENTION_DAYS)"
+            )
         return f"job {self.job_id} is {self.status}, not failed (see `zenthor ops status`)"
 
 
@@ -780,8 +788,11 @@ def retry_failed(job_id: int) -> RetriedJob | RetryRefused:
     try:
         with database.atomic():
             outcome = _retry_in_transaction(job_id)
-    except IntegrityError:
-        # agent_job_retry_of_uq: another retry of this job committed first.
+    except IntegrityError as error:
+        driver_error = error.args[0] if error.args else None  # peewee wraps psycopg2's error
+        if getattr(getattr(driver_error, "diag", None), "constraint_name", None) != "agent_job_retry_of_uq":
+            raise  # not a race with another retry: say what really went wrong
+        # Another retry of this job committed first.
         outcome = retry_refusal(job_id, retry_preview(job_id)) or RetryRefused(job_id, "already_retried")
     if isinstance(outcome, RetriedJob):
         emit(
@@ -808,6 +819,8 @@ def _retry_in_transaction(job_id: int) -> RetriedJob | RetryRefused:
         return RetryRefused(job_id, "already_retried", status, retried[0][0], retried[0][1])
     if status != "failed":
         return RetryRefused(job_id, "not_failed", status)
+    if message_id is None or (kind == "resume" and not execute(_HAS_APPROVAL, (job_id,))):
+        return RetryRefused(job_id, "pruned", status)  # retention took what the turn would read
     lock_conversation(conversation_id)  # the new id is drawn in commit order, behind every job
     ((new_id,),) = execute(
         _INSERT_RETRY,

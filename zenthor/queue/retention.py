@@ -94,6 +94,7 @@ class _Finder:
     finished: str
     order: str
     final: str
+    before_delete: str = ""  # a data-modifying CTE run on the doomed rows before they go
 
 
 _CUTOFF = "now() - %(days)s * interval '1 day'"
@@ -117,14 +118,16 @@ FINDERS: dict[str, _Finder] = {
         "o.created_at",
         "o.status IN ('sent', 'failed')",
     ),
-    # ▸ tool_approval_resolved_at. A resumed job reads its approval row, so the row stays while
-    # the job is open. A scalar subquery (one agent_job_pkey probe per candidate), not NOT EXISTS,
+    # ▸ tool_approval_resolved_at. A resumed job reads its approval row, and an operator's retry
+    # of a failed resume moves it to the new job: the row stays until its job is itself old enough
+    # to go (or gone). A scalar subquery (one agent_job_pkey probe per candidate), not NOT EXISTS,
     # which the planner may turn into a hash anti-join over all of agent_job.
     "approvals": _Finder(
         "tool_approval",
         "a",
         f"a.status <> 'pending' AND a.resolved_at < {_CUTOFF} "
-        "AND coalesce((SELECT j.status IN ('done', 'failed') FROM agent_job AS j WHERE j.id = a.job_id), true)",
+        "AND coalesce((SELECT j.status IN ('done', 'failed') AND j.finished_at < "
+        f"{_CUTOFF} FROM agent_job AS j WHERE j.id = a.job_id), true)",
         "a.resolved_at",
         "a.status <> 'pending'",
     ),
@@ -135,6 +138,15 @@ FINDERS: dict[str, _Finder] = {
         f"j.status IN ('done', 'failed') AND j.finished_at < {_CUTOFF}",
         "j.finished_at",
         "j.status IN ('done', 'failed')",
+        # A user message written before 0007 names no job: the history finds its turn through
+        # agent_job.message_id. Write the turn on the message before the job goes, or the history
+        # would keep the replies and lose the questions.
+        """
+     keep_turn AS (
+    UPDATE message AS m SET job_id = d.id
+      FROM agent_job AS d
+     WHERE d.id = ANY (ARRAY(SELECT id FROM doomed)) AND m.id = d.message_id AND m.job_id IS NULL
+    RETURNING 1),""",
     ),
 }
 
@@ -147,7 +159,7 @@ WITH doomed AS (
      WHERE {finished}
      ORDER BY {order}
      LIMIT %(batch)s
-       FOR UPDATE SKIP LOCKED),
+       FOR UPDATE SKIP LOCKED),{before_delete}
      gone AS (
     DELETE FROM {table} AS {alias}
      WHERE {alias}.id = ANY (ARRAY(SELECT id FROM doomed)) AND {final}
