@@ -75,6 +75,7 @@ class MeteredStack:
         self.env = {
             "WEBHOOK_SECRET": SECRET,
             "WEBHOOK_CALLBACK_URL": self.callback.url,
+            "WEBHOOK_DEFAULT_ACCOUNT": "acct",  # the shortcut secret serves the account inbound() uses
             "AI_BASE_URL": self.model.base_url,
             "AI_MODEL": MODEL,
             "WORKER_METRICS_PORT": str(self.port),
@@ -363,7 +364,9 @@ def test_every_metric_the_dashboard_names_is_served_by_a_worker_or_the_gateway(s
     set_account_state(owned, "connected")
     sweep_state.record_start("manual")
     sweep_state.record_finish({})
-    gateway = GatewayProcess({"WEBHOOK_SECRET": SECRET, "WEBHOOK_CALLBACK_URL": stack.callback.url})
+    gateway = GatewayProcess(
+        {"WEBHOOK_SECRET": SECRET, "WEBHOOK_CALLBACK_URL": stack.callback.url, "WEBHOOK_DEFAULT_ACCOUNT": "acct"}
+    )
     try:
         gateway_text = httpx.get(f"{gateway.url}/metrics", timeout=10).text
     finally:
