@@ -149,6 +149,9 @@ class Settings(BaseSettings):
     WEBHOOK_DEFAULT_ACCOUNT: str = Field(default="default", min_length=1, max_length=128)
     # Encrypts the webhook accounts' secrets at rest (required once an account exists).
     ZENTHOR_SECRET_KEY: str | None = Field(default=None, min_length=16)
+    # While changing that key: the old one, read only (`zenthor webhook reencrypt` moves every
+    # secret to ZENTHOR_SECRET_KEY; then unset this).
+    ZENTHOR_SECRET_KEY_PREVIOUS: str | None = Field(default=None, min_length=16)
     # Standard Webhooks: a request (and a callback) signed longer ago, or further ahead, is refused.
     WEBHOOK_TOLERANCE_S: int = Field(default=300, ge=1, le=86_400)
     # Accept the deprecated X-Zenthor-Signature (body-only, replayable) during a migration.
@@ -191,7 +194,7 @@ class Settings(BaseSettings):
                 raise ValueError("must look like amqp://user:pass@host:5672/vhost")
         return value
 
-    @field_validator("ZENTHOR_SECRET_KEY", mode="before")
+    @field_validator("ZENTHOR_SECRET_KEY", "ZENTHOR_SECRET_KEY_PREVIOUS", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -272,7 +275,9 @@ def worker_id() -> str:
 _worker_ids: dict[int, str] = {}
 
 
-_SECRET_SETTINGS = frozenset({"WEBHOOK_SECRET", "ZENTHOR_SECRET_KEY", "AI_API_KEY"})
+_SECRET_SETTINGS = frozenset(
+    {"WEBHOOK_SECRET", "ZENTHOR_SECRET_KEY", "ZENTHOR_SECRET_KEY_PREVIOUS", "AI_API_KEY"}
+)
 
 
 def _describe(error: ValidationError) -> str:

@@ -28,7 +28,7 @@ from schemathesis.checks import (
 from tests.ingress.helpers import TEST_SECRET, GatewayProcess, count, sign_headers
 from zenthor.channels.webhook.openapi import openapi_document
 from zenthor.channels.webhook.validation import BodyError, FieldError, parse_body, to_inbound
-from zenthor.ingress import InboundMessage
+from zenthor.ingress import ACCEPTED, DUPLICATE, InboundMessage, InvalidInbound, accept
 
 ACCOUNT = "fuzz"
 CHECKS = [
@@ -110,18 +110,22 @@ def test_fuzzed_requests_get_documented_json_answers_and_unsigned_ones_store_not
     assert signed.status_code in (200, 202, 400, 413, 422, 429), signed.text
 
 
+# Any text, lone surrogates too: JSON's "\ud800" parses to a str that UTF-8 (and Postgres) cannot hold.
+any_text = st.text(st.characters() | st.characters(categories=["Cs"]))
 json_values = st.recursive(
     st.none()
     | st.booleans()
     | st.integers(min_value=-(10**40), max_value=10**40)
     | st.floats(allow_nan=True, allow_infinity=True)
-    | st.text(),
+    | any_text,
     lambda children: (
         st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
     ),
     max_leaves=30,
 )
-field_values = st.one_of(json_values, st.text(min_size=1), st.just("2025-05-01T10:00:00Z"))
+field_values = st.one_of(
+    json_values, any_text.filter(lambda t: t.strip()), st.just("2025-05-01T10:00:00Z"), st.just("hi \ud800")
+)
 message_bodies = st.fixed_dictionaries(
     {},
     optional={
@@ -131,12 +135,26 @@ message_bodies = st.fixed_dictionaries(
 )
 
 
-@given(data=st.one_of(json_values, message_bodies))
-@settings(max_examples=300, deadline=None, derandomize=True)
-def test_the_inbound_validator_names_the_problem_or_returns_a_message(data):
+def _encode(data, ascii_only: bool) -> bytes | None:
+    """``data`` as a sender would post it: with ``ascii_only`` every non-ASCII character is a
+    ``\\uXXXX`` escape (a lone surrogate too), else raw UTF-8 (surrogates as invalid bytes)."""
     try:
-        raw = json.dumps(data, ensure_ascii=False, allow_nan=True).encode("utf-8", "surrogatepass")
+        return json.dumps(data, ensure_ascii=ascii_only, allow_nan=True).encode("utf-8", "surrogatepass")
     except (ValueError, TypeError):
+        return None
+
+
+def _assert_storable(message: InboundMessage) -> None:
+    for name in ("account_id", "chat_id", "sender_id", "text", "provider_message_id", "sender_name"):
+        value = getattr(message, name)
+        assert value is None or (value.encode("utf-8") and "\x00" not in value), name
+
+
+@given(data=st.one_of(json_values, message_bodies), ascii_only=st.booleans())
+@settings(max_examples=300, deadline=None, derandomize=True)
+def test_the_inbound_validator_names_the_problem_or_returns_a_message(data, ascii_only):
+    raw = _encode(data, ascii_only)
+    if raw is None:
         return
     try:
         parsed = parse_body(raw)
@@ -149,9 +167,59 @@ def test_the_inbound_validator_names_the_problem_or_returns_a_message(data):
         return
     assert isinstance(message, InboundMessage)
     assert message.text.strip() and message.provider_message_id == parsed["message_id"]
+    _assert_storable(message)
 
 
-@given(raw=st.binary(max_size=300) | st.text(max_size=300).map(lambda t: t.encode("utf-8", "surrogatepass")))
+@given(data=message_bodies, ascii_only=st.booleans())
+@settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+def test_what_the_validator_passes_is_stored_by_accept(data, ascii_only):
+    """The validator's promise checked where it matters: each message it returns goes through
+    accept() into Postgres (bounded; the same examples every run)."""
+    raw = _encode({"message_id": "m", "chat_id": "c", "sender_id": "s", "text": "t", **data}, ascii_only)
+    if raw is None:
+        return
+    try:
+        message = to_inbound("acct", parse_body(raw))
+    except (BodyError, FieldError):
+        return
+    result = accept(message, publish=lambda _: True)
+    assert result.status in (ACCEPTED, DUPLICATE), result
+
+
+SURROGATE_FIELDS = ("text", "message_id", "chat_id", "sender_id", "sender_name")
+
+
+@pytest.mark.parametrize("field", SURROGATE_FIELDS)
+def test_a_lone_surrogate_is_refused_with_422_naming_the_field(field, fuzz_gateway):
+    body = {"message_id": "m-1", "chat_id": "chat-1", "sender_id": "u-1", "text": "hi", field: "hi \ud800"}
+    raw = json.dumps(body).encode()  # ensure_ascii: the surrogate travels as the escape \\ud800
+    assert b"\\ud800" in raw
+    response = httpx.post(
+        f"{fuzz_gateway.url}/v1/webhook/{ACCOUNT}/messages",
+        content=raw,
+        headers={"Content-Type": "application/json", **sign_headers(raw)},
+        timeout=30,
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == field and "surrogate" in response.json()["error"]
+    assert count("message") + count("inbound_dedupe") == 0
+
+
+@pytest.mark.parametrize("field", ["text", "chat_id", "sender_id", "sender_name", "provider_message_id"])
+def test_replay_and_ingest_refuse_a_lone_surrogate_the_same_way(field):
+    line = {"channel": "webhook", "account_id": "acct", "chat_id": "c", "sender_id": "s", "text": "t"}
+    line.update({"provider_message_id": "m-1", field: "x\udfff"})
+    with pytest.raises(InvalidInbound) as refused:
+        InboundMessage.from_dict(json.loads(json.dumps(line)))
+    assert refused.value.field == field
+
+
+@given(raw=st.binary(max_size=300) | any_text.map(lambda t: t.encode("utf-8", "surrogatepass")))
 @settings(max_examples=200, deadline=None, derandomize=True)
 def test_the_inbound_validator_takes_any_bytes(raw):
     try:
@@ -164,3 +232,16 @@ def test_deep_nesting_and_huge_numbers_are_named_not_crashes():
     for raw in (b"[" * 100_000 + b"]" * 100_000, b'{"message_id": 1' + b"0" * 5000 + b"}"):
         with pytest.raises((BodyError, FieldError)):
             to_inbound("acct", parse_body(raw))
+
+
+def test_the_document_describes_the_legacy_header_the_optional_standard_ones_and_the_503s():
+    operation = openapi_document()["paths"]["/v1/webhook/{account_id}/messages"]["post"]
+    headers = {p["name"]: p for p in operation["parameters"] if p["in"] == "header"}
+    legacy = headers["X-Zenthor-Signature"]
+    assert legacy["deprecated"] is True and "WEBHOOK_ACCEPT_LEGACY_SIGNATURE" in legacy["description"]
+    for name in ("webhook-id", "webhook-timestamp", "webhook-signature"):
+        assert (
+            headers[name]["required"] is False
+            and "WEBHOOK_ACCEPT_LEGACY_SIGNATURE" in headers[name]["description"]
+        )
+    assert "secrets" in operation["responses"]["503"]["description"]

@@ -159,6 +159,55 @@ def test_the_signature_covers_the_id_and_the_timestamp(gateway):
     assert nothing_written()
 
 
+def test_a_plain_secret_is_the_whsec_form_of_its_utf8_bytes_for_a_standard_library():
+    """The README's conversion: a library given whsec_ + base64(utf8(secret)) verifies what we
+    sign with the plain secret, and we verify what it signs."""
+    import base64
+    import subprocess
+    import sys
+
+    from standardwebhooks.webhooks import Webhook
+
+    from zenthor.channels.webhook import signing
+
+    plain = "plain old secret é"
+    converted = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            'import base64, sys; print("whsec_" + base64.b64encode(sys.argv[1].encode()).decode())',
+            plain,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert converted == "whsec_" + base64.b64encode(plain.encode()).decode()
+    raw = json.dumps(valid()).encode()
+    ours = signing.sign_headers(plain, raw, msg_id="msg_1")
+    Webhook(converted).verify(raw, ours)  # raises unless it verifies
+    stamp = datetime.now(UTC)
+    theirs = {
+        "webhook-id": "msg_2",
+        "webhook-timestamp": str(int(stamp.timestamp())),
+        "webhook-signature": Webhook(converted).sign("msg_2", stamp, raw.decode()),
+    }
+    assert signing.verify(raw, theirs, [plain], tolerance_s=300) == "msg_2"
+
+
+def test_a_non_ascii_webhook_id_is_401_invalid_header(gateway):
+    raw = json.dumps(valid()).encode()
+    # Signed over the id as the gateway reads the header (latin-1): it would verify, but a sender
+    # writing UTF-8 signed other bytes, so the id itself is refused.
+    read_as = "msg_é".encode().decode("latin-1")
+    headers = sign_headers(raw, msg_id=read_as)
+    headers["webhook-id"] = "msg_é".encode()
+    response = gateway.client.post("/v1/webhook/acct/messages", content=raw, headers=headers)
+    assert response.status_code == 401, response.text
+    assert (response.json()["check"], response.json()["header"]) == ("invalid_header", "webhook-id")
+    assert nothing_written()
+
+
 def test_the_legacy_header_alone_is_refused_by_default(gateway):
     response = post(gateway, valid(), legacy=True)
     assert response.status_code == 401

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from datetime import timedelta
@@ -23,10 +24,10 @@ from tests.ingress.helpers import (
     verify_callback,
 )
 from tests.support.factories import make_conversation
-from tests.support.workers import wait_for
 from zenthor.broker import broker
 from zenthor.channels.webhook import account_store
 from zenthor.channels.webhook.gateway import create_app
+from zenthor.channels.webhook.secret_box import SecretKeyError
 from zenthor.channels.webhook.signing import SignatureError
 from zenthor.db import database, execute
 
@@ -42,6 +43,25 @@ def zenthor(*args: str, **env: str) -> subprocess.CompletedProcess:
         text=True,
         timeout=60,
     )
+
+
+def zenthor_group(*args: str, **env: str) -> subprocess.CompletedProcess:
+    """:func:`zenthor` in a process group of its own, killed whole if it outlives the timeout (a
+    worker that did start forks Dramatiq processes, which must not outlive the test)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zenthor.cli", *args],
+        env={**os.environ, "LOG_LEVEL": "WARNING", "ZENTHOR_SECRET_KEY": KEY, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 @pytest.fixture
@@ -114,26 +134,38 @@ def test_each_account_verifies_with_its_own_secret_only(gateway):
     assert unknown.status_code == 404 and unknown.json()["check"] == "unknown_account"
 
 
+def expire_old_secrets(account_id: str) -> None:
+    """End the grace of ``account_id``'s old secrets now, on the database's clock (what the
+    gateway compares expires_at with), instead of waiting for it."""
+    entries, now = execute("SELECT secrets, now() FROM webhook_account WHERE account_id = %s", (account_id,))[
+        0
+    ]
+    past = (now - timedelta(seconds=1)).isoformat()
+    expired = [entries[0], *({**e, "expires_at": past} for e in entries[1:])]
+    execute(
+        "UPDATE webhook_account SET secrets = %s::jsonb WHERE account_id = %s",
+        (json.dumps(expired), account_id),
+    )
+
+
 def test_during_a_rotation_both_secrets_verify_and_after_the_grace_only_the_new_one(gateway):
     old = account_store.add_account("shop")
-    new = account_store.rotate_secret("shop", keep_old_for=timedelta(seconds=2))
+    new = account_store.rotate_secret("shop", keep_old_for=timedelta(hours=1))
     url = "/v1/webhook/shop/messages"
     assert signed_post(gateway.client, url, message(1), old).status_code == 202
     assert signed_post(gateway.client, url, message(2), new).status_code == 202
     # A sender mid-rotation may sign with both: accepted.
     assert signed_post(gateway.client, url, message(3), [old, new]).status_code == 202
-    n = iter(range(10, 10_000))
-    wait_for(
-        lambda: signed_post(gateway.client, url, message(next(n)), old).status_code == 401,
-        15,
-        interval=0.2,
-        message="the old secret lapses",
-    )
-    assert signed_post(gateway.client, url, message(20_000), new).status_code == 202
+    (shop,) = account_store.list_accounts()
+    assert [bool(s["expires_at"]) for s in shop["secrets"]] == [False, True]
+    expire_old_secrets("shop")
+    refused = signed_post(gateway.client, url, message(4), old)
+    assert refused.status_code == 401 and refused.json()["check"] == "no_matching_signature"
+    assert signed_post(gateway.client, url, message(5), new).status_code == 202
     # A rotation that keeps nothing refuses the old secret at once.
     newest = account_store.rotate_secret("shop", keep_old_for=timedelta(0))
-    assert signed_post(gateway.client, url, message(20_001), new).status_code == 401
-    assert signed_post(gateway.client, url, message(20_002), newest).status_code == 202
+    assert signed_post(gateway.client, url, message(6), new).status_code == 401
+    assert signed_post(gateway.client, url, message(7), newest).status_code == 202
 
 
 def test_an_accounts_contact_policy_is_its_own(gateway):
@@ -150,7 +182,7 @@ def test_an_accounts_contact_policy_is_its_own(gateway):
     assert count("message") == 2
 
 
-def test_replies_go_to_the_accounts_callback_signed_with_its_newest_secret(settings_env):
+def test_replies_are_signed_with_every_live_secret_so_a_receiver_on_the_old_one_verifies(settings_env):
     from zenthor.actors.deliver import deliver_row
     from zenthor.agent.replies import write_replies
 
@@ -160,20 +192,54 @@ def test_replies_go_to_the_accounts_callback_signed_with_its_newest_secret(setti
         old = account_store.add_account("shop", callback_url=callback.url)
         new = account_store.rotate_secret("shop", keep_old_for=timedelta(hours=1))
         conversation_id = make_conversation("chat-1", channel="webhook", account_id="shop")
-        with database.atomic():
-            (outbound_id,) = write_replies(conversation_id, None, ["hi"]).outbound_ids
-        assert deliver_row(outbound_id) == "sent"
-        (record,) = callback.all_records()
-        assert verify_callback(record, new) == record.headers["Idempotency-Key"] == str(outbound_id)
+
+        def reply(text: str) -> tuple[int, object]:
+            with database.atomic():
+                (outbound_id,) = write_replies(conversation_id, None, [text]).outbound_ids
+            assert deliver_row(outbound_id) == "sent"
+            return outbound_id, callback.all_records()[-1]
+
+        # During the grace: the receiver still on the old secret verifies, so does one on the new.
+        outbound_id, record = reply("hi")
+        assert verify_callback(record, old) == record.headers["Idempotency-Key"] == str(outbound_id)
+        assert verify_callback(record, new) == str(outbound_id)
+        assert len(record.headers["webhook-signature"].split(" ")) == 2
+        # After it: the new secret alone signs.
+        expire_old_secrets("shop")
+        _, record = reply("later")
+        assert verify_callback(record, new)
         with pytest.raises(SignatureError):
             verify_callback(record, old)
         # An account without a callback URL, or removed: the reply is not sent anywhere else.
         account_store.remove_account("shop")
         with database.atomic():
             (second,) = write_replies(conversation_id, None, ["again"]).outbound_ids
-        assert deliver_row(second) != "sent" and len(callback.all_records()) == 1
+        assert deliver_row(second) != "sent" and len(callback.all_records()) == 2
     finally:
         callback.stop()
+
+
+def test_a_worker_that_cannot_read_the_secrets_says_so_by_name_and_keeps_the_reply(settings_env, caplog):
+    from zenthor.actors.deliver import deliver_row
+    from zenthor.agent.replies import write_replies
+
+    settings_env(ZENTHOR_SECRET_KEY=KEY)
+    account_store.add_account("shop", callback_url=CALLBACK)
+    conversation_id = make_conversation("chat-1", channel="webhook", account_id="shop")
+    with database.atomic():
+        (outbound_id,) = write_replies(conversation_id, None, ["hi"]).outbound_ids
+    settings_env(ZENTHOR_SECRET_KEY="another-key-of-sixteen+")
+    with caplog.at_level("INFO", logger="zenthor.events"):
+        outcome = deliver_row(outbound_id)
+    assert outcome != "sent"
+    (event,) = [r for r in caplog.records if getattr(r, "event", None) == "webhook.secret_key_error"]
+    assert event.setting == "ZENTHOR_SECRET_KEY" and event.account_id == "shop"
+    assert event.outbound_id == outbound_id and KEY not in event.getMessage()
+    # Retryable: the row waits for a worker with the right key, it is not failed.
+    status, error = execute("SELECT status, last_error FROM outbound_message WHERE id = %s", (outbound_id,))[
+        0
+    ]
+    assert status == "pending" and "ZENTHOR_SECRET_KEY" in error
 
 
 def test_the_gateway_refuses_to_start_when_accounts_exist_and_the_key_is_missing_or_wrong(settings_env):
@@ -188,3 +254,81 @@ def test_the_gateway_refuses_to_start_when_accounts_exist_and_the_key_is_missing
         assert result.returncode == 2, result.stderr
         assert result.stderr.startswith(f"zenthor: {needle}"), result.stderr
         assert KEY not in result.stderr
+
+
+def test_a_worker_refuses_to_start_when_accounts_exist_and_the_key_is_missing_or_wrong(settings_env):
+    settings_env(ZENTHOR_SECRET_KEY=KEY)
+    account_store.add_account("shop")
+    for key, needle in (
+        ("", "missing setting ZENTHOR_SECRET_KEY"),
+        ("another-key-of-sixteen+", "ZENTHOR_SECRET_KEY does not decrypt"),
+    ):
+        # A worker that started would run until the timeout: refusing is immediate.
+        result = zenthor_group("worker", "--processes", "1", "--threads", "1", ZENTHOR_SECRET_KEY=key)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert result.stderr.startswith(f"zenthor: {needle}"), result.stderr[-2000:]
+        assert KEY not in result.stderr
+
+
+def test_the_cli_refuses_to_write_a_secret_under_a_key_that_does_not_read_the_stored_ones(settings_env):
+    settings_env(ZENTHOR_SECRET_KEY=KEY)
+    account_store.add_account("shop")
+    before = execute("SELECT secrets::text FROM webhook_account WHERE account_id = 'shop'")[0][0]
+    wrong = "another-key-of-sixteen+"
+    added = zenthor("webhook", "add-account", "other", ZENTHOR_SECRET_KEY=wrong)
+    assert added.returncode == 2 and "ZENTHOR_SECRET_KEY does not decrypt" in added.stderr, added.stderr
+    assert "whsec_" not in added.stdout and count("webhook_account") == 1
+    rotated = zenthor("webhook", "rotate-secret", "shop", ZENTHOR_SECRET_KEY=wrong)
+    assert rotated.returncode == 2 and "ZENTHOR_SECRET_KEY" in rotated.stderr, rotated.stderr
+    assert execute("SELECT secrets::text FROM webhook_account WHERE account_id = 'shop'")[0][0] == before
+    # The right key still writes.
+    assert zenthor("webhook", "add-account", "other").returncode == 0
+    assert zenthor("webhook", "rotate-secret", "shop").returncode == 0
+
+
+def test_adding_the_shortcut_account_keeps_webhook_secret_verifying_for_the_grace(gateway):
+    added = zenthor(
+        "webhook", "add-account", "default", WEBHOOK_SECRET=TEST_SECRET, WEBHOOK_CALLBACK_URL=CALLBACK
+    )
+    assert added.returncode == 0, added.stderr
+    new = added.stdout.strip()
+    assert "WEBHOOK_SECRET still verifies and signs replies for 24h" in added.stderr
+    url = "/v1/webhook/default/messages"
+    # No downtime: the sender still on WEBHOOK_SECRET is accepted, and so is the new secret.
+    assert signed_post(gateway.client, url, message(1), TEST_SECRET).status_code == 202
+    assert signed_post(gateway.client, url, message(2), new).status_code == 202
+    (default,) = account_store.list_accounts()
+    assert default["callback_url"] == CALLBACK  # replies keep going where they went
+    assert [bool(s["expires_at"]) for s in default["secrets"]] == [False, True]
+    expire_old_secrets("default")
+    assert signed_post(gateway.client, url, message(3), TEST_SECRET).status_code == 401
+    assert signed_post(gateway.client, url, message(4), new).status_code == 202
+
+
+def test_changing_the_secret_key_with_the_previous_one_and_reencrypt(settings_env):
+    settings_env(ZENTHOR_SECRET_KEY=KEY)
+    shop = account_store.add_account("shop")
+    account_store.rotate_secret("shop", keep_old_for=timedelta(hours=1))
+    expire_old_secrets("shop")  # an expired entry is never read: it does not stop a start
+    new_key = "the-new-zenthor-secret-key-98765"
+    both = settings_env(ZENTHOR_SECRET_KEY=new_key, ZENTHOR_SECRET_KEY_PREVIOUS=KEY)
+    assert account_store.check_secret_key(both) == 1
+    assert len(account_store.load("shop", both).secrets) == 1
+    done = zenthor("webhook", "reencrypt", ZENTHOR_SECRET_KEY=new_key, ZENTHOR_SECRET_KEY_PREVIOUS=KEY)
+    assert done.returncode == 0 and "1 secret(s) of 1 account(s)" in done.stdout, done.stderr
+    only_new = settings_env(ZENTHOR_SECRET_KEY=new_key, ZENTHOR_SECRET_KEY_PREVIOUS="")
+    assert account_store.check_secret_key(only_new) == 1
+    assert account_store.load("shop", only_new).secrets != (shop,)  # rotated: the newest secret
+    old_only = settings_env(ZENTHOR_SECRET_KEY=KEY)
+    with pytest.raises(SecretKeyError, match="ZENTHOR_SECRET_KEY"):
+        account_store.check_secret_key(old_only)
+
+
+def test_the_start_up_check_skips_expired_secrets_stored_under_another_key(settings_env):
+    old_key = "an-older-key-long-gone-0000"
+    settings_env(ZENTHOR_SECRET_KEY=old_key)
+    account_store.add_account("shop")
+    settings_env(ZENTHOR_SECRET_KEY=KEY, ZENTHOR_SECRET_KEY_PREVIOUS=old_key)
+    account_store.rotate_secret("shop", keep_old_for=timedelta(hours=1))  # the old entry stays under old_key
+    expire_old_secrets("shop")
+    assert account_store.check_secret_key(settings_env(ZENTHOR_SECRET_KEY_PREVIOUS="")) == 1

@@ -98,3 +98,11 @@ def test_the_gateway_without_the_webhook_settings_refuses_to_start_naming_both()
     assert result.returncode == 2, result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("zenthor: missing settings WEBHOOK_SECRET and WEBHOOK_CALLBACK_URL")
+
+
+@pytest.mark.parametrize("variable", ["ZENTHOR_SECRET_KEY", "ZENTHOR_SECRET_KEY_PREVIOUS"])
+def test_a_short_secret_key_is_refused_by_name_without_echoing_it(variable):
+    result = run([sys.executable, "-m", "zenthor.cli", "webhook", "list"], **{variable: "short-key-xyz"})
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"zenthor: invalid setting {variable}: ") and "short-key-xyz" not in line

@@ -39,6 +39,9 @@ broker.add_middleware(KickSweepOnBoot(lambda: sweep_recheck.send("boot")))
 # Once RabbitMQ is back, consumers reconnect and blocked acks give up within a second, not 3-8 s.
 broker.add_middleware(FastBrokerRecovery())
 
+# Idle cost-limit buckets of webhook senders leave (housekeeping, before retention stays last).
+import zenthor.actors.webhook_buckets  # noqa: E402, F401, I001 - registered before retention
+
 # Finished rows leave after RETENTION_DAYS. Imported last, so its sweep step runs after every step
 # users wait on (approvals, reminders, stuck replies).
 import zenthor.actors.retention  # noqa: E402, F401

@@ -12,6 +12,7 @@ import click
 from starlette.applications import Starlette
 
 from zenthor.cli.common import bootstrap
+from zenthor.cli.webhook import check_secret_key_or_exit
 
 
 def build_app() -> Starlette:
@@ -34,16 +35,7 @@ def build_app() -> Starlette:
 def gateway_command(host: str | None, port: int | None, workers: int) -> None:
     """Serve POST /v1/webhook/{account_id}/messages, GET /healthz, GET /metrics and GET /openapi.json."""
     settings = bootstrap("gateway", long_running=True)
-    from zenthor.channels.webhook.account_store import check_secret_key
-    from zenthor.channels.webhook.secret_box import SecretKeyError
-    from zenthor.db import database
-
-    try:
-        with database.connection_context():
-            accounts = check_secret_key(settings)
-    except SecretKeyError as error:
-        sys.stderr.write(f"zenthor: {error}\n")
-        raise SystemExit(2) from None
+    accounts = check_secret_key_or_exit(settings)
     if not settings.WEBHOOK_SECRET and not accounts:
         # Both unset (one alone is refused by the settings) and no account: nothing to verify with.
         sys.stderr.write(

@@ -38,9 +38,25 @@ def _fail(error: Exception) -> None:
     raise SystemExit(2)
 
 
+def check_secret_key_or_exit(settings) -> int:
+    """The number of webhook accounts once ``ZENTHOR_SECRET_KEY`` reads every live stored secret;
+    else one line naming the setting on stderr and exit status 2. The start-up check of every
+    process that verifies or signs for the accounts (``zenthor gateway``, ``zenthor worker``)."""
+    from zenthor.channels.webhook.account_store import check_secret_key
+    from zenthor.channels.webhook.secret_box import SecretKeyError
+    from zenthor.db import database
+
+    try:
+        with database.connection_context():
+            return check_secret_key(settings)
+    except SecretKeyError as error:
+        _fail(error)
+    raise AssertionError("unreachable")
+
+
 @click.group("webhook")
 def webhook() -> None:
-    """Webhook accounts: add, rotate a secret, list, remove."""
+    """Webhook accounts: add, rotate a secret, list, remove, re-encrypt."""
 
 
 @webhook.command("add-account")
@@ -49,31 +65,73 @@ def webhook() -> None:
 @click.option(
     "--contact-policy",
     type=click.Choice(["open", "allowlist", "disabled"]),
-    default="open",
-    show_default=True,
-    help="Who is answered on this account.",
+    default=None,
+    help="Who is answered on this account (default: open; for WEBHOOK_DEFAULT_ACCOUNT, "
+    "WEBHOOK_CONTACT_POLICY).",
 )
-@click.option("--allow-from", default="", help="Allowed sender ids, comma-separated (allowlist).")
+@click.option("--allow-from", default=None, help="Allowed sender ids, comma-separated (allowlist).")
+@click.option(
+    "--keep-old-for",
+    default="24h",
+    show_default=True,
+    help="For WEBHOOK_DEFAULT_ACCOUNT while WEBHOOK_SECRET is set: how long that secret still "
+    "verifies (and signs replies) beside the new one (0: at once refused).",
+)
 def add_account_command(
-    account_id: str, callback_url: str | None, contact_policy: str, allow_from: str
+    account_id: str,
+    callback_url: str | None,
+    contact_policy: str | None,
+    allow_from: str | None,
+    keep_old_for: str,
 ) -> None:
-    """Create ACCOUNT_ID and print its secret (shown once: give it to the sender now)."""
+    """Create ACCOUNT_ID and print its secret (shown once: give it to the sender now).
+
+    Adding WEBHOOK_DEFAULT_ACCOUNT while WEBHOOK_SECRET is set replaces the shortcut at once: its
+    secret is carried into the new account for --keep-old-for, and its callback URL and contact
+    policy unless given, so no sender or receiver breaks meanwhile."""
+    keep = parse_duration(keep_old_for)
     settings = bootstrap("cli")
     from zenthor.channels.webhook.account_store import AccountError, add_account
     from zenthor.channels.webhook.secret_box import SecretKeyError
 
+    replaces_shortcut = bool(settings.WEBHOOK_SECRET) and account_id == settings.WEBHOOK_DEFAULT_ACCOUNT
+    if replaces_shortcut:
+        callback_url = callback_url or settings.WEBHOOK_CALLBACK_URL
+        contact_policy = contact_policy or settings.WEBHOOK_CONTACT_POLICY
+        allow_from = settings.WEBHOOK_ALLOW_FROM if allow_from is None else allow_from
     try:
         secret = add_account(
             account_id,
             callback_url=callback_url,
-            contact_policy=contact_policy,
-            allow_from=allow_from,
+            contact_policy=contact_policy or "open",
+            allow_from=allow_from or "",
             settings=settings,
+            carry_secret=settings.WEBHOOK_SECRET if replaces_shortcut else None,
+            carry_for=keep,
         )
     except (AccountError, SecretKeyError) as error:
         _fail(error)
     click.echo(secret)
     click.echo(f"account {account_id} added; the secret above is shown once", err=True)
+    if replaces_shortcut:
+        kept = (
+            f"WEBHOOK_SECRET still verifies and signs replies for {keep_old_for}"
+            if keep.total_seconds() > 0
+            else "WEBHOOK_SECRET no longer verifies (--keep-old-for 0)"
+        )
+        click.echo(
+            f"this account replaces the WEBHOOK_SECRET shortcut from now on: {kept}; callback "
+            f"{callback_url or '-'}, policy {contact_policy}. Move the sender to the new secret, "
+            "then unset WEBHOOK_SECRET and WEBHOOK_CALLBACK_URL",
+            err=True,
+        )
+    elif account_id == settings.WEBHOOK_DEFAULT_ACCOUNT:
+        # The shell may lack the gateways' WEBHOOK_SECRET: then nothing was carried over.
+        click.echo(
+            "note: WEBHOOK_SECRET is not set here, so nothing was carried over; if the gateways "
+            "have it, this account replaced it just now (see ops/runbook.md, rotate the shortcut)",
+            err=True,
+        )
 
 
 @webhook.command("rotate-secret")
@@ -123,6 +181,26 @@ def list_command(as_json: bool) -> None:
         click.echo(
             f"{account['account_id']}  policy={account['contact_policy']}  "
             f"callback={account['callback_url'] or '-'}  secrets: {secrets}"
+        )
+
+
+@webhook.command("reencrypt")
+def reencrypt_command() -> None:
+    """Encrypt every stored secret again under ZENTHOR_SECRET_KEY (after changing the key: the old
+    one as ZENTHOR_SECRET_KEY_PREVIOUS reads them); expired secrets are dropped."""
+    settings = bootstrap("cli")
+    from zenthor.channels.webhook.account_store import reencrypt_all
+    from zenthor.channels.webhook.secret_box import SecretKeyError
+
+    try:
+        accounts, secrets = reencrypt_all(settings)
+    except SecretKeyError as error:
+        _fail(error)
+    click.echo(f"{secrets} secret(s) of {accounts} account(s) now encrypted under ZENTHOR_SECRET_KEY")
+    if settings.ZENTHOR_SECRET_KEY_PREVIOUS:
+        click.echo(
+            "once every gateway and worker runs with this ZENTHOR_SECRET_KEY, unset ZENTHOR_SECRET_KEY_PREVIOUS",
+            err=True,
         )
 
 

@@ -16,7 +16,9 @@ from types import FrameType
 import click
 
 from zenthor.observability import configure_logging
-from zenthor.settings import settings_or_exit
+from zenthor.settings import Settings, settings_or_exit
+
+_logger = logging.getLogger(__name__)
 
 ACTORS_MODULE = "zenthor.actors"
 _PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}
@@ -27,14 +29,38 @@ _PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}
 def worker_command(dramatiq_args: tuple[str, ...]) -> None:
     """Run the workers: ``dramatiq zenthor.actors [DRAMATIQ_ARGS]`` (e.g. ``--processes 2
     --threads 8``; see ``dramatiq --help``)."""
-    settings_or_exit()
+    settings = settings_or_exit()
     configure_logging("worker")
+    _check_webhook_secrets(settings)
     from dramatiq import cli as dramatiq_cli
 
     # --skip-logging: Dramatiq's processes keep the handler installed above (each worker process
     # re-installs it on the pipe Dramatiq gives it, see configure_logging).
     args = dramatiq_cli.make_argument_parser().parse_args([ACTORS_MODULE, *dramatiq_args, "--skip-logging"])
     raise SystemExit(dramatiq_cli.main(args))
+
+
+def _check_webhook_secrets(settings: Settings) -> None:
+    """Refuse to start (exit 2, one line naming ZENTHOR_SECRET_KEY) when webhook accounts exist
+    and the key cannot read their secrets: such a worker would run turns whose replies it can
+    never sign. The gateway's own check. Postgres down or not migrated yet: the worker starts
+    anyway (it waits for the database like before) and the sender names the key if it is wrong."""
+    from peewee import InterfaceError, OperationalError, ProgrammingError
+
+    from zenthor.cli.webhook import check_secret_key_or_exit
+    from zenthor.db import close_database, init_database
+
+    init_database()
+    try:
+        check_secret_key_or_exit(settings)
+    except (OperationalError, InterfaceError, ProgrammingError) as error:
+        _logger.warning(
+            "ZENTHOR_SECRET_KEY not checked at start (Postgres: %s)",
+            str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__,
+            extra={"event": "worker.secret_key_unchecked"},
+        )
+    finally:
+        close_database()  # no pooled connection crosses Dramatiq's fork into its processes
 
 
 @click.command("scheduler", context_settings=_PASS_THROUGH)

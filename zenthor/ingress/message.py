@@ -50,11 +50,14 @@ class InboundMessage:
             raise InvalidInbound("text", f"must be a string, got {type(self.text).__name__}")
         if self.sender_name is not None and not isinstance(self.sender_name, str):
             raise InvalidInbound("sender_name", f"must be a string, got {type(self.sender_name).__name__}")
-        # Postgres text cannot hold NUL: refuse it here with the field's name, not at INSERT time.
+        # Postgres text cannot hold NUL, nor a lone surrogate (JSON's "\ud800" parses to one):
+        # refuse both here with the field's name, not as an error at INSERT time.
         for name in ("text", "sender_name"):
             value = getattr(self, name)
             if value is not None and "\x00" in value:
                 raise InvalidInbound(name, "must not contain NUL characters")
+            if value is not None:
+                _require_utf8(name, value)
         if self.sent_at is None:
             if self.provider_message_id is None:
                 # Inventing a time here would make every redelivery a new message (issue 11, item 6).
@@ -154,3 +157,15 @@ def _require_id(name: str, value: Any) -> None:
         raise InvalidInbound(name, f"is longer than {MAX_ID_LENGTH} characters")
     if "\x00" in value:
         raise InvalidInbound(name, "must not contain NUL characters")
+    _require_utf8(name, value)
+
+
+def _require_utf8(name: str, value: str) -> None:
+    # A lone surrogate (half of a UTF-16 pair, e.g. JSON "\ud800") is a valid Python str but no
+    # Unicode text: UTF-8 cannot encode it, so Postgres (and every reader) would fail on it.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise InvalidInbound(
+            name, f"must be valid Unicode text (a lone surrogate at character {error.start})"
+        ) from None

@@ -80,7 +80,8 @@ def accept(
     dispatch nudge, once ``zenthor.actors`` is imported); tests pass their own. Must not run
     inside an open transaction: the publish has to follow the commit. ``policy`` replaces the
     channel's contact policy (a webhook account's own); ``admit`` runs in the transaction once the
-    message is known to be new, and may raise to refuse it with nothing stored (a cost limit).
+    message is known to be new and allowed by the policy (ignored messages never reach it; turns
+    and approval answers do), and may raise to refuse it with nothing stored (a cost limit).
     """
     if database.in_transaction():
         raise RuntimeError("accept() must run outside a transaction: it commits before publishing")
@@ -106,14 +107,17 @@ def accept(
 def _accept_in_transaction(message: InboundMessage, key: str, policy, admit: Admit | None) -> AcceptResult:
     if not record_key(message.channel, message.account_id, key):
         return AcceptResult(DUPLICATE)
-    if admit is not None:
-        admit(message)  # raising rolls the dedupe key back with everything else
     (operator_allowed,) = execute(
         _UPSERT_CONTACT, (message.channel, message.account_id, message.sender_id, message.sender_name)
     )[0]
     if not policy.allows(message.sender_id, already_allowed=operator_allowed):
         # The key stays recorded, so the provider's retries of this message are duplicates.
         return AcceptResult(IGNORED, reason=f"policy_{policy.mode}")
+    if admit is not None:
+        # Only a message that will be accepted (a turn, or an approval's answer, which resumes a
+        # turn) pays: an ignored sender costs no model call, so it spends no token and keeps
+        # getting 202 ignored. Raising rolls back the dedupe key and the contact with it.
+        admit(message)
     conversation_id = _conversation_id(message)
     # Serialise accepts of one conversation until commit, so ids (the FIFO order of its jobs)
     # follow commit order even when several senders write to one group chat at once. NO KEY

@@ -641,6 +641,18 @@ GATEWAY_REQUEST_REJECTED = event(
     level=logging.INFO,
     says="gateway refused a request for account {account_id} with {status}: {reason}",
 )
+WEBHOOK_SECRET_KEY_ERROR = event(
+    "webhook.secret_key_error",
+    "outbound_id",
+    "account_id",
+    "setting",
+    "error",
+    level=logging.ERROR,
+    description="a worker cannot decrypt a webhook account's secrets to sign a reply (the reply is "
+    "retried): set the same ZENTHOR_SECRET_KEY on every worker and restart it",
+    says="reply {outbound_id} of webhook account {account_id} not signed: {setting} cannot read "
+    "its secrets (retried)",
+)
 GATEWAY_LEGACY_SIGNATURE = event(
     "gateway.legacy_signature",
     "account_id",

@@ -2,13 +2,15 @@
 
 Secrets are stored encrypted (:mod:`~zenthor.channels.webhook.secret_box`), newest first; a
 rotation keeps the old ones until their ``expires_at``, after which they are ignored on read and
-dropped at the next rotation. Times are UTC ISO strings inside the JSON list.
+dropped at the next rotation. Times are UTC ISO strings inside the JSON list, taken from the
+database's clock (``now()``) both when written and when compared, so a grace lasts as long on
+every gateway whatever the hosts' clocks say.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from zenthor.channels.webhook import secret_box
 from zenthor.channels.webhook.signing import new_secret
@@ -34,39 +36,73 @@ class StoredAccount:
     allow_from: str
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
+def _db_now() -> datetime:
+    # The database's clock, not this host's: the CLI host writes expires_at and every gateway
+    # compares it, so one clock has to decide.
+    return execute("SELECT now()")[0][0]
 
 
 def _live(entries: list[dict], now: datetime) -> list[dict]:
     return [e for e in entries if not e.get("expires_at") or datetime.fromisoformat(e["expires_at"]) > now]
 
 
+def _entry(secret: str, now: datetime, settings: Settings | None, expires_at: datetime | None = None) -> dict:
+    return {
+        "secret": secret_box.encrypt(secret, settings),
+        "created_at": now.isoformat(),
+        "expires_at": expires_at.isoformat() if expires_at else None,
+    }
+
+
 def load(account_id: str, settings: Settings | None = None) -> StoredAccount | None:
     """The account ``account_id`` with its live secrets, or None (reads Postgres)."""
     rows = execute(
-        "SELECT secrets, callback_url, contact_policy, allow_from FROM webhook_account WHERE account_id = %s",
+        "SELECT secrets, callback_url, contact_policy, allow_from, now() FROM webhook_account "
+        "WHERE account_id = %s",
         (account_id,),
     )
     if not rows:
         return None
-    entries, callback_url, policy, allow_from = rows[0]
+    entries, callback_url, policy, allow_from, now = rows[0]
     settings = settings or get_settings()
     secrets = tuple(
-        secret_box.decrypt(e["secret"], settings, account_id=account_id) for e in _live(entries, _now())
+        secret_box.decrypt(e["secret"], settings, account_id=account_id) for e in _live(entries, now)
     )
     return StoredAccount(account_id, secrets, callback_url, policy, allow_from)
 
 
 def check_secret_key(settings: Settings | None = None) -> int:
-    """The number of stored accounts, once every stored secret decrypts with ``ZENTHOR_SECRET_KEY``;
-    :class:`~zenthor.channels.webhook.secret_box.SecretKeyError` naming the setting otherwise (a
-    process that serves or signs for these accounts checks this at start)."""
-    rows = execute("SELECT account_id, secrets FROM webhook_account")
-    for account_id, entries in rows:
-        for entry in entries:
+    """The number of stored accounts, once every live stored secret decrypts with
+    ``ZENTHOR_SECRET_KEY`` (or ``ZENTHOR_SECRET_KEY_PREVIOUS``);
+    :class:`~zenthor.channels.webhook.secret_box.SecretKeyError` naming the setting otherwise.
+    Every process that serves or signs for these accounts (gateway, worker) checks this at start.
+    Expired entries are skipped: nothing reads them, and one left from an older key must not stop
+    a start."""
+    rows = execute("SELECT account_id, secrets, now() FROM webhook_account")
+    for account_id, entries, now in rows:
+        for entry in _live(entries, now):
             secret_box.decrypt(entry["secret"], settings, account_id=account_id)
     return len(rows)
+
+
+def _check_key_before_writing(settings: Settings | None, account_id: str | None = None) -> None:
+    """Decrypt one live stored entry (``account_id``'s if it has one, else any account's), so a
+    wrong ``ZENTHOR_SECRET_KEY`` in the operator's shell is refused before it writes a secret no
+    gateway can read. Nothing stored yet: any key is the right one."""
+    rows = execute(
+        "SELECT account_id, secrets, now() FROM webhook_account "
+        "WHERE jsonb_array_length(secrets) > 0 ORDER BY account_id = %s DESC, account_id",
+        (account_id or "",),
+    )
+    for row_account, entries, now in rows:
+        live = _live(entries, now)
+        if live:
+            secret_box.decrypt(live[0]["secret"], settings, account_id=row_account)
+            return
+    if rows:
+        # Only expired entries are stored: no readable proof either way, but the key must at least
+        # be set (encrypt() says so by name).
+        secret_box.encrypt("", settings)
 
 
 def add_account(
@@ -76,19 +112,25 @@ def add_account(
     contact_policy: str = "open",
     allow_from: str = "",
     settings: Settings | None = None,
+    carry_secret: str | None = None,
+    carry_for: timedelta = timedelta(hours=24),
 ) -> str:
-    """Create ``account_id`` with a new secret; returns the secret (shown once, stored encrypted)."""
+    """Create ``account_id`` with a new secret; returns the secret (shown once, stored encrypted).
+
+    ``carry_secret`` (the ``WEBHOOK_SECRET`` of the shortcut account this row replaces) is kept as
+    an old secret for ``carry_for``, so its senders keep verifying while they move to the new one.
+    """
     secret = new_secret()
-    entry = {
-        "secret": secret_box.encrypt(secret, settings),
-        "created_at": _now().isoformat(),
-        "expires_at": None,
-    }
     with database.atomic():
+        _check_key_before_writing(settings)
+        now = _db_now()
+        entries = [_entry(secret, now, settings)]
+        if carry_secret and carry_for.total_seconds() > 0:
+            entries.append(_entry(carry_secret, now, settings, expires_at=now + carry_for))
         created = (
             AccountRow.insert(
                 account_id=account_id,
-                secrets=[entry],
+                secrets=entries,
                 callback_url=callback_url,
                 contact_policy=contact_policy,
                 allow_from=allow_from,
@@ -107,26 +149,48 @@ def rotate_secret(account_id: str, *, keep_old_for: timedelta, settings: Setting
     """Give ``account_id`` a new secret; the live old ones verify for ``keep_old_for`` more (never
     longer than they already would). Returns the new secret."""
     secret = new_secret()
-    now = _now()
     with database.atomic():
         row = AccountRow.select().where(AccountRow.account_id == account_id).for_update().first()
         if row is None:
             raise AccountError(f"unknown webhook account {account_id!r} (add it with add-account)")
+        _check_key_before_writing(settings, account_id)
+        now = _db_now()
         lapse = now + keep_old_for
         kept = []
         for entry in _live(list(row.secrets), now):
             expires = datetime.fromisoformat(entry["expires_at"]) if entry.get("expires_at") else None
             if keep_old_for.total_seconds() > 0:
                 kept.append({**entry, "expires_at": min(lapse, expires or lapse).isoformat()})
-        new = {
-            "secret": secret_box.encrypt(secret, settings),
-            "created_at": now.isoformat(),
-            "expires_at": None,
-        }
-        AccountRow.update(secrets=[new, *kept], updated_at=now).where(
+        AccountRow.update(secrets=[_entry(secret, now, settings), *kept], updated_at=now).where(
             AccountRow.account_id == account_id
         ).execute()
     return secret
+
+
+def reencrypt_all(settings: Settings | None = None) -> tuple[int, int]:
+    """Encrypt every live stored secret again under ``ZENTHOR_SECRET_KEY`` (each readable with it
+    or ``ZENTHOR_SECRET_KEY_PREVIOUS``) and drop expired entries, one account per transaction;
+    returns (accounts, secrets) rewritten. Refuses (SecretKeyError) before writing anything of an
+    account one of whose secrets neither key reads."""
+    accounts = entries_done = 0
+    for (account_id,) in execute("SELECT account_id FROM webhook_account ORDER BY account_id"):
+        with database.atomic():
+            rows = execute(
+                "SELECT secrets, now() FROM webhook_account WHERE account_id = %s FOR UPDATE", (account_id,)
+            )
+            if not rows:
+                continue  # removed meanwhile
+            entries, now = rows[0]
+            rewritten = [
+                {**e, "secret": secret_box.reencrypt(e["secret"], settings, account_id=account_id)}
+                for e in _live(entries, now)
+            ]
+            AccountRow.update(secrets=rewritten, updated_at=now).where(
+                AccountRow.account_id == account_id
+            ).execute()
+        accounts += 1
+        entries_done += len(rewritten)
+    return accounts, entries_done
 
 
 def remove_account(account_id: str) -> None:
@@ -140,7 +204,7 @@ def remove_account(account_id: str) -> None:
 
 def list_accounts() -> list[dict]:
     """Every account with its policy, callback URL and its live secrets' times (no secret)."""
-    now = _now()
+    now = _db_now()
     accounts = []
     for row in AccountRow.select().order_by(AccountRow.account_id):
         accounts.append(

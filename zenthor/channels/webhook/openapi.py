@@ -9,7 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from zenthor.channels.webhook.signing import ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
+from zenthor.channels.webhook.signing import (
+    ID_HEADER,
+    LEGACY_SIGNATURE_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+)
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -62,14 +67,34 @@ def _status(value: str, description: str) -> dict[str, Any]:
     }
 
 
+_REQUIRED_UNLESS_LEGACY = (
+    " Required (401 missing_header without it), except on a gateway with "
+    "WEBHOOK_ACCEPT_LEGACY_SIGNATURE=true for a request that carries only the deprecated "
+    f"{LEGACY_SIGNATURE_HEADER}."
+)
+
+
 def _signature_header(name: str, description: str) -> dict[str, Any]:
+    # Not "required: true": a gateway in a legacy migration accepts requests without it.
     return {
         "name": name,
         "in": "header",
-        "required": True,
+        "required": False,
         "schema": {"type": "string"},
-        "description": description,
+        "description": description + "." + _REQUIRED_UNLESS_LEGACY,
     }
+
+
+_LEGACY_HEADER = {
+    "name": LEGACY_SIGNATURE_HEADER,
+    "in": "header",
+    "required": False,
+    "deprecated": True,
+    "schema": {"type": "string"},
+    "description": "Deprecated: sha256=<hex HMAC-SHA256 of the body alone> (replayable). Refused "
+    "(401 legacy_signature_refused) unless WEBHOOK_ACCEPT_LEGACY_SIGNATURE=true; ignored when any "
+    "Standard Webhooks header is present.",
+}
 
 
 def openapi_document() -> dict[str, Any]:
@@ -103,6 +128,7 @@ def openapi_document() -> dict[str, Any]:
                             TIMESTAMP_HEADER, "Unix seconds; refused outside WEBHOOK_TOLERANCE_S"
                         ),
                         _signature_header(SIGNATURE_HEADER, "space-separated v1,<base64> signatures"),
+                        _LEGACY_HEADER,
                     ],
                     "requestBody": {
                         "required": True,
@@ -134,7 +160,11 @@ def openapi_document() -> dict[str, Any]:
                             "this sender is over its cost limit: nothing stored",
                             {"Retry-After": {"schema": {"type": "integer", "minimum": 1}, "required": True}},
                         ),
-                        "503": _error("the database is unavailable: retry later"),
+                        "503": _error(
+                            "retry later: the database is unavailable, or this gateway cannot read "
+                            "the account's secrets (ZENTHOR_SECRET_KEY changed since it started; "
+                            "the gateway log names it)"
+                        ),
                     },
                 }
             },

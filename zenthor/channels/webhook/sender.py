@@ -1,10 +1,17 @@
 """Webhook replies: POST each outbox row to its account's callback URL, signed with Standard
-Webhooks (the account's newest secret, the current time), ``webhook-id`` = ``Idempotency-Key`` =
+Webhooks (one ``v1,`` signature per live secret of the account, the current time), so a receiver
+still on the old secret verifies during a rotation's grace; ``webhook-id`` = ``Idempotency-Key`` =
 the row's idempotency key (its outbound id), so a retry of the same row can be dropped by the
 receiver and a replayed callback refused once its timestamp is outside the tolerance.
 
 Any 2xx counts as delivered; a timeout, a connection error or any other status raises a
 retryable :class:`~zenthor.channels.SendError` (the outbox backs off and tries again).
+
+Secrets this worker cannot decrypt (``ZENTHOR_SECRET_KEY`` missing or another key) emit
+``webhook.secret_key_error`` naming the setting and stay retryable: the worker checks the key at
+start, so this is a key changed since (a deploy under way, one worker not yet restarted), and
+another worker, or this one once restarted with the right key, delivers the reply within the
+outbox's retries; failing it at once would lose a reply to a configuration that is being fixed.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from zenthor.channels.webhook import CHANNEL
 from zenthor.channels.webhook.accounts import find_account
 from zenthor.channels.webhook.secret_box import SecretKeyError
 from zenthor.channels.webhook.signing import sign_headers
+from zenthor.observability import emit
+from zenthor.observability import events as ev
 from zenthor.settings import get_settings
 
 _client: httpx.Client | None = None
@@ -55,7 +64,14 @@ def send_webhook(lease) -> None:
     try:
         account = find_account(lease.account_id, settings)
     except SecretKeyError as error:
-        raise SendError(str(error)) from None
+        emit(
+            ev.WEBHOOK_SECRET_KEY_ERROR,
+            outbound_id=lease.outbound_id,
+            account_id=lease.account_id[:128],
+            setting="ZENTHOR_SECRET_KEY",
+            error=str(error)[:300],
+        )
+        raise SendError(f"ZENTHOR_SECRET_KEY: cannot read the account's secrets: {error}") from None
     if account is None:
         raise SendError(f"unknown webhook account {lease.account_id[:128]!r}: nowhere to send its reply")
     if not account.secrets:
@@ -68,8 +84,9 @@ def send_webhook(lease) -> None:
         "Content-Type": "application/json; charset=utf-8",
         "Idempotency-Key": key,
         "X-Zenthor-Provider-Message-Id": lease.provider_message_id,
-        # Signed at each attempt: a retry keeps the id and carries a fresh timestamp.
-        **sign_headers(account.secrets[0], body, msg_id=key),
+        # Signed at each attempt: a retry keeps the id and carries a fresh timestamp. One signature
+        # per live secret (newest first), so a receiver still on the old one verifies in the grace.
+        **sign_headers(account.secrets, body, msg_id=key),
     }
     try:
         response = _http().post(

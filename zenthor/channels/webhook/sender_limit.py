@@ -4,7 +4,8 @@
 (either 0: no limit). The bucket row is taken inside the transaction that accepts the message
 (:func:`~zenthor.ingress.accept`'s ``admit``, after the dedupe key showed the message is new), so
 a duplicate never counts, a refused message rolls back with nothing stored, and the row lock
-makes the limit hold across every gateway process.
+makes the limit hold across every gateway process. The sweep deletes buckets that have refilled
+(:func:`prune_buckets`, zenthor/actors/webhook_buckets.py), so the table holds active senders only.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from zenthor.db import execute
+from zenthor.db import database, execute
 from zenthor.ingress import InboundMessage
 
 # clock_timestamp(), not now(): now() is the transaction's start, and concurrent transactions take
@@ -56,3 +57,45 @@ def sender_limit(rate_per_min: int, burst: int) -> Callable[[InboundMessage], No
             raise SenderOverLimit(max(1, math.ceil(-tokens / per_s)), rate_per_min, burst)
 
     return admit
+
+
+# A bucket left alone for burst / rate has refilled to burst: deleting it changes nothing, since
+# the next take inserts a full bucket again. Committed buckets never hold less than 0 tokens (a
+# refused take rolls back), so burst / rate is the longest refill. SKIP LOCKED: never wait behind
+# an accept that holds the row (that sender is active, its row is not idle).
+_PRUNE = """
+DELETE FROM webhook_sender_bucket AS b
+ USING (
+     SELECT account_id, sender_id FROM webhook_sender_bucket
+      WHERE updated_at < now() - make_interval(secs => %(idle_s)s)
+      ORDER BY updated_at
+      LIMIT %(batch)s
+        FOR UPDATE SKIP LOCKED
+ ) AS idle
+ WHERE b.account_id = idle.account_id AND b.sender_id = idle.sender_id
+"""
+
+# With the limit off here, a bucket is kept this long all the same: a gateway configured with the
+# limit on (settings should agree, but a deploy may be half done) still finds recent ones.
+IDLE_WHEN_OFF_S = 86_400.0
+
+
+def idle_after_s(rate_per_min: int, burst: int) -> float:
+    """Seconds after which an untouched bucket is full again (burst / rate), so it can go."""
+    if rate_per_min <= 0 or burst <= 0:
+        return IDLE_WHEN_OFF_S
+    return burst * 60.0 / rate_per_min
+
+
+def prune_buckets(rate_per_min: int, burst: int, *, batch: int, max_batches: int) -> int:
+    """Delete idle buckets (:func:`idle_after_s`), at most ``max_batches`` batches of ``batch``
+    rows through the ``updated_at`` index, each batch its own transaction; returns rows deleted."""
+    params = {"idle_s": idle_after_s(rate_per_min, burst), "batch": batch}
+    deleted = 0
+    for _ in range(max_batches):
+        with database.atomic():
+            count = database.execute_sql(_PRUNE, params).rowcount
+        deleted += count
+        if count < batch:
+            break
+    return deleted

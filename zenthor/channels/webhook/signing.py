@@ -111,8 +111,8 @@ def verify(
 
     ``headers`` is looked up by lower-case name (Starlette's headers are case-insensitive).
     Raises :class:`SignatureError` naming the first failed check: a missing header, an id too long
-    or a timestamp that is not Unix seconds (``invalid_header``), a timestamp more than
-    ``tolerance_s`` away from now, no matching signature.
+    or not printable ASCII, or a timestamp that is not Unix seconds (``invalid_header``), a
+    timestamp more than ``tolerance_s`` away from now, no matching signature.
     """
     values = {}
     for name in STANDARD_HEADERS:
@@ -130,6 +130,10 @@ def verify(
         raise SignatureError(
             INVALID_HEADER, f"{ID_HEADER} is longer than {MAX_ID_LENGTH} characters", header=ID_HEADER
         )
+    if not msg_id.isascii() or not msg_id.isprintable():
+        # HTTP carries header bytes, and libraries disagree on how non-ASCII ones become text
+        # (we read latin-1, most senders write UTF-8): such an id would sign different bytes.
+        raise SignatureError(INVALID_HEADER, f"{ID_HEADER} must be printable ASCII", header=ID_HEADER)
     if not raw_stamp.isascii() or not raw_stamp.isdigit() or len(raw_stamp) > 12:
         raise SignatureError(
             INVALID_HEADER, f"{TIMESTAMP_HEADER} must be Unix seconds (an integer)", header=TIMESTAMP_HEADER
