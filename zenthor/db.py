@@ -4,20 +4,322 @@ Models bind to :data:`database` (a proxy) so importing a model never opens a con
 point calls :func:`init_database` once. Peewee keeps one connection per thread; the pool hands
 them out and takes them back when a thread calls ``database.close()`` (see the DbConnection
 middleware), so a worker's threads never share a connection.
+
+Round trips (issue 13): psycopg2 connections run in autocommit mode and Peewee opens a transaction
+with a ``BEGIN`` of its own, one round trip that does nothing. :class:`ZenthorDatabase` sends that
+``BEGIN`` in the same simple-query string as the transaction's first statement (psycopg2
+interpolates parameters on the client, so ``BEGIN; <statement>`` is one round trip), and sends no
+``COMMIT``/``ROLLBACK`` for a transaction that sent nothing. :func:`transaction_then` also folds a
+read that must run *after* the commit into the ``COMMIT`` round trip, and :func:`execute_prepared`
+plans a hot statement once per connection (server-side ``PREPARE``/``EXECUTE``).
 """
 
 from __future__ import annotations
 
+import re
 import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+import peewee
+import psycopg2.extensions
 from peewee import DatabaseProxy
 from playhouse.postgres_ext import PooledPostgresqlExtDatabase
 
 database = DatabaseProxy()
 _init_lock = threading.Lock()
 _initialised_url: str | None = None
+
+
+class RoundTrips:
+    """What this process sent to Postgres while counting was on (benchmarks and tests).
+
+    ``round_trips`` counts ``cursor.execute`` calls: Peewee's own ``BEGIN``/``COMMIT``/``ROLLBACK``
+    and savepoints as well as every statement. ``statements`` counts the SQL statements in them (a
+    multi-statement string is one round trip). ``by_kind`` counts statements by their first word.
+    """
+
+    def __init__(self) -> None:
+        self.enabled = False
+        self._mu = threading.Lock()
+        self.round_trips = 0
+        self.statements = 0
+        self.by_kind: Counter[str] = Counter()
+        # Each round trip's thread and statement kinds, in order (tests: one thread's sequence).
+        self.log: list[tuple[int, tuple[str, ...]]] = []
+
+    def reset(self) -> None:
+        """Zero every count."""
+        with self._mu:
+            self.round_trips = 0
+            self.statements = 0
+            self.by_kind = Counter()
+            self.log = []
+
+    def of_thread(self, ident: int | None = None) -> list[tuple[str, ...]]:
+        """The statement kinds of each round trip sent by thread ``ident`` (default: this one)."""
+        ident = threading.get_ident() if ident is None else ident
+        with self._mu:
+            return [kinds for thread, kinds in self.log if thread == ident]
+
+    def add(self, query: object) -> None:
+        """Count one round trip carrying ``query`` (a SQL template, before interpolation)."""
+        text = query.decode() if isinstance(query, bytes) else query if isinstance(query, str) else "?"
+        # Split on ';' in the template: our statements carry no ';' inside literals, and values
+        # are interpolated after this point.
+        kinds = [part.split(None, 1)[0].upper() for part in text.split(";") if part.strip()] or ["?"]
+        with self._mu:
+            self.round_trips += 1
+            self.statements += len(kinds)
+            self.by_kind.update(kinds)
+            if len(self.log) < 100_000:  # a benchmark counts far more; tests read short runs
+                self.log.append((threading.get_ident(), tuple(kinds)))
+
+
+round_trips = RoundTrips()
+
+
+class _CountingCursor(psycopg2.extensions.cursor):
+    """A cursor that reports each ``execute`` to :data:`round_trips` while it is enabled."""
+
+    def execute(self, query, vars=None):  # noqa: A002 - psycopg2's own parameter name
+        if round_trips.enabled:
+            round_trips.add(query)
+        return super().execute(query, vars)
+
+
+_IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
+
+
+class _Connection(psycopg2.extensions.connection):
+    """A psycopg2 connection that remembers the statements it prepared on the server."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.prepared: set[str] = set()
+
+
+class ZenthorDatabase(PooledPostgresqlExtDatabase):
+    """The pooled Postgres database, with Peewee's ``BEGIN`` folded into the first statement.
+
+    ``begin()`` sends nothing; while this thread is inside a transaction (Peewee's stack is not
+    empty) and its connection has no transaction open on the server (libpq's transaction status,
+    read without a round trip), the next statement goes out as ``BEGIN; <statement>``. A
+    transaction is therefore open on the server before its first statement runs, exactly as with
+    a separate ``BEGIN``; nothing runs outside it. ``commit()`` and ``rollback()`` send nothing when
+    no transaction is open on the server (the transaction sent no statement). Every connection's
+    cursors can count round trips (:data:`round_trips`).
+    """
+
+    def _connect(self):
+        conn = super()._connect()
+        conn.cursor_factory = _CountingCursor
+        return conn
+
+    def _no_transaction_sent(self) -> bool:
+        """True when this thread's connection is open and has no transaction open on the server
+        (libpq's status, read without a round trip)."""
+        conn = self._state.conn
+        if conn is None or self._state.closed:
+            return False  # nothing to tell: Peewee's own behaviour applies
+        try:
+            return conn.get_transaction_status() == _IDLE
+        except psycopg2.Error:
+            return False
+
+    def begin(self, isolation_level=None) -> None:
+        """Start a transaction: its ``BEGIN`` goes out with its first statement."""
+        if self.is_closed():
+            # Open the connection now, as the BEGIN did: Peewee resets the transaction stack
+            # when it opens one, and the caller pushes its transaction right after this.
+            self.connect()
+        level = isolation_level if isolation_level is not None else self._isolation_level
+        self._state.begin_sql = (
+            f"BEGIN TRANSACTION ISOLATION LEVEL {self._adapter.isolation_level_str(level)}"
+            if level
+            else "BEGIN"
+        )
+        self._state.held = {}
+
+    def _execute_cursor(self, sql, params, **cursor_options):
+        if self._state.transactions and self._no_transaction_sent():
+            begin_sql = getattr(self._state, "begin_sql", "BEGIN")
+            if cursor_options:  # a server-side cursor declares itself: its BEGIN goes alone
+                super()._execute_cursor(begin_sql, None)
+            else:
+                sql = f"{begin_sql}; {sql}"
+        return super()._execute_cursor(sql, params, **cursor_options)
+
+    def commit(self) -> None:
+        """End the transaction; nothing to send when it never reached the server."""
+        self._state.held = {}
+        if self._no_transaction_sent():
+            return
+        super().commit()
+
+    def rollback(self) -> None:
+        """Roll back; nothing to send when no transaction reached the server."""
+        self._state.held = {}
+        if self._no_transaction_sent():
+            return
+        super().rollback()
+
+    def commit_then(self, sql: str, params: Any = None) -> list[tuple]:
+        """Commit, then run ``sql`` (outside the transaction, after the commit, like a statement
+        sent after ``commit()``) in the same round trip; returns its rows."""
+        self._state.held = {}
+        if self._no_transaction_sent():
+            cursor = self.execute_sql(sql, params)  # nothing to commit
+        else:
+            cursor = self.execute_sql(f"COMMIT; {sql}", params)
+        return cursor.fetchall() if cursor.description is not None else []
+
+    def held(self, *, to_add: bool = False) -> dict[Any, Any] | None:
+        """What this thread's open transaction holds (row locks remembered with what they read),
+        forgotten at its commit or rollback. None outside a transaction, and, with ``to_add``,
+        inside a savepoint (a rollback to the savepoint would release a lock taken there)."""
+        transactions = self._state.transactions
+        if not transactions or (to_add and len(transactions) > 1):
+            return None
+        held = getattr(self._state, "held", None)
+        if held is None:
+            held = self._state.held = {}
+        return held
+
+
+class ThenRows:
+    """The rows of the statement :func:`transaction_then` ran after the commit (None until then)."""
+
+    rows: list[tuple] | None = None
+
+
+class _TransactionThen(peewee._transaction, ThenRows):
+    """Peewee's outermost transaction whose commit runs ``then`` in the same round trip."""
+
+    def __init__(self, db: ZenthorDatabase, sql: str, params: Any) -> None:
+        super().__init__(db)
+        self.then: tuple[str, Any] | None = (sql, params)
+        self.rows: list[tuple] | None = None
+
+    def commit(self, begin: bool = True) -> None:
+        if self.then is None:
+            super().commit(begin)
+            return
+        self.rows = self.db.commit_then(*self.then)
+        self.db._run_commit_callbacks()
+        if begin:
+            self._begin()
+
+
+@contextmanager
+def transaction_then(sql: str, params: Any = None) -> Iterator[ThenRows]:
+    """A transaction like ``database.atomic()`` that runs ``sql`` right after its commit, in the
+    commit's round trip (``COMMIT; <sql>``); its rows are in ``.rows`` once the block ended
+    without an exception. Inside an outer transaction the block is a savepoint and ``sql`` runs
+    after it, still inside the outer transaction (as a statement after the block would)."""
+    db = database.obj
+    if db.in_transaction():
+        then = ThenRows()
+        with db.atomic():
+            yield then
+        then.rows = execute(sql, params)
+        return
+    with _TransactionThen(db, sql, params) as transaction:
+        yield transaction
+
+
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+_DUPLICATE_PREPARED = "42P05"
+_UNKNOWN_PREPARED = "26000"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A statement planned once per connection: server-side ``PREPARE``, then ``EXECUTE``.
+
+    ``sql`` uses ``%(name)s`` placeholders; ``types`` gives each parameter's SQL type. Postgres
+    plans the first five executions for their values, then keeps a generic plan when it costs no
+    more: keep index predicates (partial indexes) as literals in ``sql`` so that plan still uses
+    them, and check it (``EXPLAIN EXECUTE`` with ``plan_cache_mode = force_generic_plan``).
+    """
+
+    name: str
+    sql: str
+    types: dict[str, str]
+    _order: tuple[str, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        order: list[str] = []
+        for name in _PLACEHOLDER.findall(self.sql):
+            if name not in order:
+                order.append(name)
+        missing = set(order) - set(self.types)
+        if missing:
+            raise ValueError(f"prepared statement {self.name}: no type for {sorted(missing)}")
+        object.__setattr__(self, "_order", tuple(order))
+
+    @property
+    def prepare_sql(self) -> str:
+        """``PREPARE name (types) AS <sql with $n>`` (no client-side parameters left)."""
+        dollar = _PLACEHOLDER.sub(lambda match: f"${self._order.index(match.group(1)) + 1}", self.sql)
+        types = ", ".join(self.types[name] for name in self._order)
+        # psycopg2 interpolates the whole string with the EXECUTE's values: escape a literal %.
+        return f"PREPARE {self.name} ({types}) AS {dollar}".replace("%", "%%")
+
+    @property
+    def execute_sql(self) -> str:
+        """``EXECUTE name(%(a)s, …)``: psycopg2 puts the values in as literals."""
+        return f"EXECUTE {self.name}({', '.join(f'%({name})s' for name in self._order)})"
+
+
+def _pgcode(error: Exception) -> str | None:
+    # Peewee keeps the driver's error as .orig (its args hold only the message).
+    return getattr(getattr(error, "orig", None), "pgcode", None) or getattr(error, "pgcode", None)
+
+
+def _rows(cursor) -> list[tuple]:
+    return cursor.fetchall() if cursor.description is not None else []
+
+
+def execute_prepared(statement: Prepared, params: dict[str, Any]) -> list[tuple]:
+    """Run ``statement`` as a prepared statement of this thread's connection and return its rows.
+
+    Prepared on the connection's first use, in the same round trip as its first ``EXECUTE``. A
+    statement the server no longer knows (its session was reset under us) is prepared again. Only
+    outside a transaction (an error inside one would abort it): there it runs as plain SQL.
+    """
+    db = database.obj
+    if db.in_transaction():
+        return execute(statement.sql, params)
+    conn = db.connection()
+    prepared = getattr(conn, "prepared", None)
+    if prepared is None:  # not one of our connections
+        return execute(statement.sql, params)
+    if statement.name in prepared:
+        try:
+            return _rows(db.execute_sql(statement.execute_sql, params))
+        except peewee.DatabaseError as error:
+            if _pgcode(error) != _UNKNOWN_PREPARED:
+                raise
+            prepared.discard(statement.name)
+    try:
+        rows = _rows(db.execute_sql(f"{statement.prepare_sql}; {statement.execute_sql}", params))
+    except peewee.DatabaseError as error:
+        if _pgcode(error) != _DUPLICATE_PREPARED:
+            raise  # whether the PREPARE stayed is not known: the next call finds out
+        prepared.add(statement.name)
+        return _rows(db.execute_sql(statement.execute_sql, params))
+    prepared.add(statement.name)
+    return rows
+
+
+def held_in_transaction(*, to_add: bool = False) -> dict[Any, Any] | None:
+    """See :meth:`ZenthorDatabase.held` (this thread's transaction on :data:`database`)."""
+    return database.obj.held(to_add=to_add)
 
 
 def connect_kwargs(url: str) -> dict[str, Any]:
@@ -37,7 +339,7 @@ def connect_kwargs(url: str) -> dict[str, Any]:
     return kwargs
 
 
-def init_database(url: str | None = None, pool_size: int | None = None) -> PooledPostgresqlExtDatabase:
+def init_database(url: str | None = None, pool_size: int | None = None) -> ZenthorDatabase:
     """Point :data:`database` at Postgres (from settings unless ``url`` is given); idempotent."""
     global _initialised_url
     from zenthor.settings import get_settings
@@ -50,12 +352,13 @@ def init_database(url: str | None = None, pool_size: int | None = None) -> Poole
         if database.obj is not None:
             database.obj.close_all()
         kwargs = connect_kwargs(url)
-        db = PooledPostgresqlExtDatabase(
+        db = ZenthorDatabase(
             kwargs.pop("database"),
             max_connections=pool_size or settings.DATABASE_POOL_SIZE,
             stale_timeout=300,
             timeout=30,
             autoconnect=True,
+            connection_factory=_Connection,  # remembers its prepared statements
             **kwargs,
         )
         database.initialize(db)

@@ -14,7 +14,7 @@ from typing import Any
 import dramatiq
 from dramatiq.middleware import CurrentMessage, Shutdown, TimeLimitExceeded
 
-from zenthor.actors.publish import DISPATCH_ACTOR, DISPATCH_QUEUE, publish_deliveries, publish_dispatch
+from zenthor.actors.publish import DISPATCH_ACTOR, DISPATCH_QUEUE, publish_dispatch, publish_job_deliveries
 from zenthor.actors.retry_policy import INFRASTRUCTURE_ERRORS, is_infrastructure_error
 from zenthor.agent.replies import WrittenReplies, write_failure_reply, write_replies
 from zenthor.agent.turn import TurnContext, TurnError, TurnResult, load_turn
@@ -211,13 +211,16 @@ def _fail(lease: Lease, error: TurnError) -> str:
 def _after_finish(lease: Lease, written: WrittenReplies | None) -> None:
     """After commit: deliver the replies, and nudge the conversation's next job at once.
 
-    The job is already finished here; if a warm shutdown interrupts these nudges, the outbox and
-    dispatch sweeps re-publish what was missed, so the message is still acked as done.
+    One delivery nudge per job (its first row; the deliver actor nudges each next row of the
+    conversation as it sends one). The next job was read in the completion's COMMIT round trip
+    (``lease.next_job_read``); after a final failure it is read here. The job is already finished
+    here; if a warm shutdown interrupts these nudges, the outbox and dispatch sweeps re-publish
+    what was missed, so the message is still acked as done.
     """
     try:
         if written is not None and written.outbound_ids:
-            publish_deliveries(written.outbound_ids, written.channel)
-        next_job = next_pending_job(lease.conversation_id)
+            publish_job_deliveries(written.outbound_ids, written.channel)
+        next_job = lease.next_job_id if lease.next_job_read else next_pending_job(lease.conversation_id)
         if next_job is not None:
             publish_dispatch(next_job)
     except Shutdown:

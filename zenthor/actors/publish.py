@@ -196,3 +196,14 @@ def publish_deliveries(outbound_ids: list[int], channel: str | None = None) -> N
     """Nudge delivery for each outbox row (a refused one is owed and re-sent later)."""
     for outbound_id in outbound_ids:
         publish_delivery(outbound_id, channel=channel)
+
+
+def publish_job_deliveries(outbound_ids: list[int], channel: str | None = None) -> bool:
+    """Nudge delivery of the rows one job wrote (one conversation, written in id order): one
+    nudge, for the first row. The deliver actor sends a conversation's rows one at a time and
+    nudges the next row as it finishes one (``finish_sent``, and after a final failure), so a
+    nudge per row only bought refusals (``behind_older``). A refused or lost nudge is re-sent as
+    for any row (owed nudges, then the outbox sweep). False when the broker refused it."""
+    if not outbound_ids:
+        return True
+    return publish_delivery(min(outbound_ids), channel=channel)

@@ -12,6 +12,10 @@ the conversation: messages and jobs of other transactions can still reference it
 Lock order, so no two writers wait for each other (docs/architecture.md, I5): a job row, then the
 conversation, then its approvals, then the jobs those approvals wait on. A transaction that holds
 several conversations takes them in id order, all at once (:func:`lock_conversations`).
+
+A transaction remembers the routes of the conversations it already holds (:func:`held_route`,
+forgotten at commit or rollback), so the completion, which locks its conversation in the same
+statement as the fenced update, does not lock it again to write the replies.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from zenthor.db import execute
+from zenthor.db import execute, held_in_transaction
 
 _LOCK_ONE = "SELECT 1 FROM conversation WHERE id = %s FOR NO KEY UPDATE"
 
@@ -55,8 +59,24 @@ def lock_conversations(conversation_ids: Iterable[int]) -> list[int]:
 
 def lock_route(conversation_id: int) -> Route:
     """Hold the conversation (as :func:`lock_conversation`) and return its route. Raises
-    ``LookupError`` when it does not exist."""
+    ``LookupError`` when it does not exist. No round trip when the caller's transaction already
+    holds it with its route (:func:`held_route`)."""
+    held = held_in_transaction()
+    if held is not None and ("route", conversation_id) in held:
+        return held[("route", conversation_id)]
     rows = execute(_LOCK_ROUTE, (conversation_id,))
     if not rows:
         raise LookupError(f"conversation {conversation_id} does not exist")
-    return Route(*rows[0])
+    route = Route(*rows[0])
+    held_route(conversation_id, route)
+    return route
+
+
+def held_route(conversation_id: int, route: Route) -> None:
+    """Record that the caller's transaction holds conversation ``conversation_id`` (it locked the
+    row ``FOR NO KEY UPDATE`` and read ``route``), so :func:`lock_route` answers without a round
+    trip until the transaction ends. The row cannot change meanwhile: the lock keeps every other
+    writer off it. Not recorded inside a savepoint, whose rollback would release the lock."""
+    held = held_in_transaction(to_add=True)
+    if held is not None:
+        held[("route", conversation_id)] = route

@@ -19,6 +19,10 @@ failed job is a new job (``retry_of``) at the back of its conversation's line.
 
 Writers that add rows to a conversation hold its row (:mod:`zenthor.queue.conversations`): a
 completion takes its job row, then the conversation, before the turn's rows are written.
+
+Round trips (issue 13): the claim is a statement prepared once per connection; a completion is
+``BEGIN`` + fenced update + conversation lock in one statement, the turn's writes, and ``COMMIT``
+with the next-job read after it (``zenthor.db``). A job with one reply costs 4 round trips.
 """
 
 from __future__ import annotations
@@ -36,10 +40,10 @@ from typing import Any, TypeVar
 from peewee import IntegrityError, InterfaceError, OperationalError
 from psycopg2.extras import Json
 
-from zenthor.db import database, execute
+from zenthor.db import Prepared, database, execute, execute_prepared, transaction_then
 from zenthor.observability import emit
 from zenthor.observability import events as ev
-from zenthor.queue.conversations import lock_conversation, lock_conversations
+from zenthor.queue.conversations import Route, held_route, lock_conversation, lock_conversations
 
 T = TypeVar("T")
 
@@ -85,6 +89,16 @@ RETURNING j.id, j.conversation_id, j.message_id, j.kind, j.payload, j.attempts, 
           (SELECT prev.status FROM agent_job AS prev WHERE prev.id = j.id) AS previous_status
 """
 
+# The claim, planned once per connection (issue 13 item 1): the partial-index predicates of
+# _AHEAD_OF_J are literals, so the generic plan Postgres keeps after five executions still probes
+# agent_job_pending_fifo and the processing-only indexes (tests/queue/test_round_trips.py). Planning
+# cost ~0.25 ms of Postgres CPU per claim; an EXECUTE of the generic plan ~0.01 ms.
+_CLAIM_PREPARED = Prepared(
+    "zenthor_claim",
+    _CLAIM,
+    {"job_id": "bigint", "worker": "text", "token": "text", "lock_ms": "bigint", "legacy_ms": "bigint"},
+)
+
 _WHY_REFUSED = f"""
 SELECT j.status, j.available_at <= now() AS available, {_EXPIRED} AS expired,
        greatest(0, ceil(extract(epoch FROM j.available_at - now()) * 1000))::bigint AS available_in_ms,
@@ -109,6 +123,27 @@ UPDATE agent_job AS j
        locked_until = NULL, error_reason = NULL, error_message = NULL
  WHERE {_FENCE}
 RETURNING j.id
+"""
+
+# The completion's first statement when the turn writes rows: the fenced update, then the
+# conversation's row lock and the route its replies need, in one round trip. ``held`` finds the
+# conversation through ``done`` only, so Postgres must run the update (and lock the job row)
+# before it can look the conversation up: the lock order job -> conversation holds (I5). A lost
+# lease updates nothing, so nothing is locked and no row comes back.
+_COMPLETE_AND_HOLD = f"""
+WITH done AS (
+    UPDATE agent_job AS j
+       SET status = %(status)s, finished_at = CASE WHEN %(status)s = 'done' THEN now() END,
+           locked_until = NULL, error_reason = NULL, error_message = NULL
+     WHERE {_FENCE}
+    RETURNING j.conversation_id
+), held AS (
+    SELECT c.id, c.channel, c.account_id, c.chat_id FROM conversation AS c
+     WHERE c.id = (SELECT done.conversation_id FROM done)
+       FOR NO KEY UPDATE
+)
+SELECT done.conversation_id, held.channel, held.account_id, held.chat_id
+  FROM done LEFT JOIN held ON held.id = done.conversation_id
 """
 
 _RETRY = f"""
@@ -238,6 +273,10 @@ class Lease:
     # Set when the holder starts to complete, fail or release: a heartbeat racing with that
     # write must not report the lease as lost.
     finishing: bool = False
+    # Set by complete(): the conversation's oldest pending job (None: there is none), read right
+    # after the commit in the commit's round trip; next_job_read says whether it was read.
+    next_job_read: bool = field(default=False, repr=False, compare=False)
+    next_job_id: int | None = field(default=None, repr=False, compare=False)
     _lost: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
     @property
@@ -399,7 +438,7 @@ def claim(job_id: int, worker_id: str, *, lock_ms: int | None = None) -> Lease |
         "legacy_ms": settings.AGENT_JOB_LEGACY_WINDOW_MS,
     }
     try:
-        rows = execute(_CLAIM, params)
+        rows = execute_prepared(_CLAIM_PREPARED, params)
     except IntegrityError:
         # Another job of this conversation became processing between our check and our write:
         # the partial unique index refused us (I2).
@@ -483,28 +522,52 @@ def complete(lease: Lease, *, status: str = "done", write: Callable[[Lease], T] 
     ``status`` is ``done`` or ``awaiting_approval`` (the turn waits for the user; the lease ends
     either way). Raises :class:`LeaseLost`, writing nothing, when the token is stale. A session
     cut under it (Postgres restarted) is retried on a fresh connection (:func:`on_live_session`).
+
+    Round trips: ``BEGIN`` + the fenced update + the conversation's lock and route (one
+    statement), what ``write`` sends, then ``COMMIT`` + the conversation's next pending job, read
+    after the commit into ``lease.next_job_id`` (``lease.next_job_read`` is then True).
     """
     if status not in ("done", "awaiting_approval"):
         raise ValueError(f"complete() takes status done or awaiting_approval, not {status!r}")
     lease.check("complete")
     lease.finishing = True
 
+    params = {"job_id": lease.job_id, "token": lease.token, "status": status}
+
     def complete_once() -> T | None:
-        with database.atomic():
-            # The fenced update comes first: it locks the row, so a concurrent takeover waits for
-            # us and then finds the job finished.
-            if not execute(_COMPLETE, {"job_id": lease.job_id, "token": lease.token, "status": status}):
-                lease.mark_lost("complete")
-                raise LeaseLost(lease.job_id, "complete")
-            if write is None:
-                return None
-            # Then the conversation, before anything the turn writes: its outbox rows commit in id
-            # order (I5), and the approvals it supersedes are locked after the conversation, as
-            # accept locks them, so the two cannot deadlock.
-            lock_conversation(lease.conversation_id)
-            return write(lease)
+        # The next-job probe rides on the COMMIT's round trip and still runs after the commit: a
+        # job accepted while we held the conversation commits after us, so its own nudge finds
+        # this job finished, and one accepted before is seen here.
+        with transaction_then(_NEXT_PENDING, (lease.conversation_id,)) as after:
+            result = _complete_in_transaction(lease, params, write)
+        lease.next_job_id = after.rows[0][0] if after.rows else None
+        lease.next_job_read = True
+        return result
 
     return on_live_session(complete_once, operation="complete", job_id=lease.job_id)
+
+
+def _complete_in_transaction(
+    lease: Lease, params: dict[str, Any], write: Callable[[Lease], T] | None
+) -> T | None:
+    # The fenced update comes first: it locks the row, so a concurrent takeover waits for us and
+    # then finds the job finished. Its BEGIN travels with it (zenthor.db.ZenthorDatabase).
+    if write is None:
+        if not execute(_COMPLETE, params):
+            lease.mark_lost("complete")
+            raise LeaseLost(lease.job_id, "complete")
+        return None
+    # Then, in the same statement, the conversation, before anything the turn writes: its outbox
+    # rows commit in id order (I5), and the approvals it supersedes are locked after the
+    # conversation, as accept locks them, so the two cannot deadlock.
+    rows = execute(_COMPLETE_AND_HOLD, params)
+    if not rows:
+        lease.mark_lost("complete")
+        raise LeaseLost(lease.job_id, "complete")
+    conversation_id, channel, account_id, chat_id = rows[0]
+    if channel is not None:  # the replies' lock_route answers from here, without a round trip
+        held_route(conversation_id, Route(channel, account_id, chat_id))
+    return write(lease)
 
 
 def retry_delay_ms(attempts: int) -> int:
@@ -789,7 +852,7 @@ def retry_failed(job_id: int) -> RetriedJob | RetryRefused:
         with database.atomic():
             outcome = _retry_in_transaction(job_id)
     except IntegrityError as error:
-        driver_error = error.args[0] if error.args else None  # peewee wraps psycopg2's error
+        driver_error = getattr(error, "orig", None)  # peewee keeps psycopg2's error here
         if getattr(getattr(driver_error, "diag", None), "constraint_name", None) != "agent_job_retry_of_uq":
             raise  # not a race with another retry: say what really went wrong
         # Another retry of this job committed first.
