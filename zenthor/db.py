@@ -144,8 +144,17 @@ class ZenthorDatabase(PooledPostgresqlExtDatabase):
             else "BEGIN"
         )
         self._state.held = {}
+        self._state.savepoints = 0
 
     def _execute_cursor(self, sql, params, **cursor_options):
+        if isinstance(sql, str) and sql.startswith(_SAVEPOINT_STATEMENTS):
+            # Peewee 4 keeps savepoints off its transaction stack (and DatabaseProxy makes its own),
+            # so they are counted from what is sent: held() must know that a lock taken now could
+            # be rolled back alone. Peewee's ROLLBACK TO is followed by a new SAVEPOINT when the
+            # block goes on, or by nothing when it ends.
+            self._state.savepoints = getattr(self._state, "savepoints", 0) + (
+                1 if sql.startswith("SAVEPOINT ") else -1
+            )
         if self._state.transactions and self._no_transaction_sent():
             begin_sql = getattr(self._state, "begin_sql", "BEGIN")
             if cursor_options:  # a server-side cursor declares itself: its BEGIN goes alone
@@ -183,7 +192,8 @@ class ZenthorDatabase(PooledPostgresqlExtDatabase):
         forgotten at its commit or rollback. None outside a transaction, and, with ``to_add``,
         inside a savepoint (a rollback to the savepoint would release a lock taken there)."""
         transactions = self._state.transactions
-        if not transactions or (to_add and len(transactions) > 1):
+        inside_savepoint = len(transactions) > 1 or getattr(self._state, "savepoints", 0) > 0
+        if not transactions or (to_add and inside_savepoint):
             return None
         held = getattr(self._state, "held", None)
         if held is None:
@@ -232,9 +242,13 @@ def transaction_then(sql: str, params: Any = None) -> Iterator[ThenRows]:
         yield transaction
 
 
+_SAVEPOINT_STATEMENTS = ("SAVEPOINT ", "RELEASE SAVEPOINT ", "ROLLBACK TO SAVEPOINT ")
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 _DUPLICATE_PREPARED = "42P05"
 _UNKNOWN_PREPARED = "26000"
+# "cached plan must not change result type": a migration changed a column the statement returns
+# while this connection kept its plan. Every EXECUTE would fail until the statement is prepared again.
+_STALE_PLAN = "0A000"
 
 
 @dataclass(frozen=True)
@@ -289,8 +303,11 @@ def execute_prepared(statement: Prepared, params: dict[str, Any]) -> list[tuple]
     """Run ``statement`` as a prepared statement of this thread's connection and return its rows.
 
     Prepared on the connection's first use, in the same round trip as its first ``EXECUTE``. A
-    statement the server no longer knows (its session was reset under us) is prepared again. Only
-    outside a transaction (an error inside one would abort it): there it runs as plain SQL.
+    statement the server no longer knows (its session was reset under us), or whose plan a
+    migration made stale, is prepared again. Only outside a transaction (an error inside one would
+    abort it): there it runs as plain SQL. Needs a session of its own on the server: direct
+    Postgres or session pooling, not a transaction-pooling proxy (pgbouncer's default mode mixes
+    sessions, and a statement prepared on one would be missing on the next).
     """
     db = database.obj
     if db.in_transaction():
@@ -303,7 +320,10 @@ def execute_prepared(statement: Prepared, params: dict[str, Any]) -> list[tuple]
         try:
             return _rows(db.execute_sql(statement.execute_sql, params))
         except peewee.DatabaseError as error:
-            if _pgcode(error) != _UNKNOWN_PREPARED:
+            code = _pgcode(error)
+            if code == _STALE_PLAN:
+                db.execute_sql(f"DEALLOCATE {statement.name}")
+            elif code != _UNKNOWN_PREPARED:
                 raise
             prepared.discard(statement.name)
     try:

@@ -308,6 +308,40 @@ def test_the_claim_is_prepared_once_per_connection_and_survives_a_reset_session(
     assert isinstance(claim(jobs[3], "w"), ClaimRefused)  # and still a claim: a live lease refuses
 
 
+def test_a_claim_whose_plan_a_migration_made_stale_is_prepared_again(counting):
+    """A migration that changes a column the claim returns leaves every connection that prepared
+    it with a plan Postgres refuses ("cached plan must not change result type"): the claim
+    deallocates it and prepares again, instead of failing every call until a restart."""
+    jobs = [make_job(make_conversation(f"stale{n}")) for n in range(2)]
+    assert isinstance(claim(jobs[0], "w"), Lease)  # prepared on this connection
+    execute("ALTER TABLE agent_job ALTER COLUMN max_attempts TYPE bigint")
+    try:
+        counting.reset()
+        assert isinstance(claim(jobs[1], "w"), Lease)
+        assert counting.of_thread()[-2:] == [("DEALLOCATE",), ("PREPARE", "EXECUTE")]
+    finally:
+        execute("ALTER TABLE agent_job ALTER COLUMN max_attempts TYPE integer")
+
+
+def test_a_route_is_remembered_only_outside_savepoints():
+    """A lock taken inside a savepoint goes when the savepoint is rolled back: what it read must
+    not be remembered for the transaction (Peewee 4 keeps savepoints off its transaction stack)."""
+    from zenthor.db import held_in_transaction
+
+    with database.atomic():
+        assert held_in_transaction(to_add=True) is not None
+        with database.atomic():  # a savepoint
+            assert held_in_transaction(to_add=True) is None
+            with database.atomic():
+                assert held_in_transaction(to_add=True) is None
+            assert held_in_transaction(to_add=True) is None
+        assert held_in_transaction(to_add=True) is not None
+        with pytest.raises(ValueError), database.atomic():
+            raise ValueError("rolled back to the savepoint")
+        assert held_in_transaction(to_add=True) is not None
+    assert held_in_transaction(to_add=True) is None
+
+
 def test_the_prepared_claims_generic_plan_uses_the_partial_indexes():
     """The plan Postgres keeps after five executions has no values: the partial-index predicates
     are literals, so the FIFO and busy probes still use those indexes."""
