@@ -8,6 +8,7 @@ import pytest
 from peewee import IntegrityError
 
 from tests.support.factories import assistant_messages, make_conversation, make_job
+from tests.support.plans import assert_claim_probes_partial_indexes
 from zenthor.agent.replies import FAILURE_REPLY, write_failure_reply, write_replies
 from zenthor.db import database, execute
 from zenthor.models import AgentJob, OutboundMessage
@@ -321,15 +322,7 @@ def test_the_claim_finds_what_is_ahead_in_line_through_the_partial_indexes():
     with database.atomic() as transaction:
         plan = "\n".join(row[0] for row in execute("EXPLAIN " + jobs._CLAIM, params))
         transaction.rollback()
-    scans = {
-        line.split(" on agent_job ")[-1].split()[0]: line
-        for line in plan.splitlines()
-        if " on agent_job " in line
-    }
-    assert "agent_job_pending_fifo" in scans["older"], plan
-    processing_only = ("agent_job_one_processing_per_conversation", "agent_job_processing_locked_until")
-    assert any(index in scans["busy"] for index in processing_only), plan
-    assert "Seq Scan" not in plan, plan
+    assert_claim_probes_partial_indexes(plan)
 
 
 def test_one_sweep_recheck_chain_and_one_watchdog_winner():

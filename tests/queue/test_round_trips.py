@@ -16,6 +16,7 @@ from peewee import IntegrityError
 
 from tests.conftest import TEST_ENV
 from tests.support.factories import make_conversation, make_job
+from tests.support.plans import assert_claim_probes_partial_indexes
 from tests.support.workers import wait_for
 from zenthor.agent.replies import write_replies
 from zenthor.agent.turn import TurnContext, TurnResult
@@ -368,15 +369,7 @@ def test_the_prepared_claims_generic_plan_uses_the_partial_indexes():
         )
         transaction.rollback()
     assert "$1" in plan or "$4" in plan, plan  # a generic plan: parameters, not values
-    scans = {
-        line.split(" on agent_job ")[-1].split()[0]: line
-        for line in plan.splitlines()
-        if " on agent_job " in line
-    }
-    assert "agent_job_pending_fifo" in scans["older"], plan
-    processing_only = ("agent_job_one_processing_per_conversation", "agent_job_processing_locked_until")
-    assert any(index in scans["busy"] for index in processing_only), plan
-    assert "Seq Scan" not in plan, plan
+    assert_claim_probes_partial_indexes(plan)
 
 
 def _claim_params(job_id: int) -> dict[str, object]:
