@@ -2,8 +2,13 @@
 
 Models bind to :data:`database` (a proxy) so importing a model never opens a connection; an entry
 point calls :func:`init_database` once. Peewee keeps one connection per thread; the pool hands
-them out and takes them back when a thread calls ``database.close()`` (see the DbConnection
-middleware), so a worker's threads never share a connection.
+them out and takes them back when a thread calls ``database.close()``, so a worker's threads never
+share a connection. A worker thread holds one only while it uses the database: it gives it back
+after each message (the DbConnection middleware) and before each model call (:func:`give_back`),
+so ``DATABASE_POOL_SIZE`` bounds a process's connections whatever its thread count (issue 13,
+item 4). A connection handed back moments ago is handed out again without Peewee's liveness
+round trip. The lease heartbeat has a pool of its own (:func:`own_pool`), so it never waits
+behind busy threads.
 
 Round trips (issue 13): psycopg2 connections run in autocommit mode and Peewee opens a transaction
 with a ``BEGIN`` of its own, one round trip that does nothing. :class:`ZenthorDatabase` sends that
@@ -16,8 +21,10 @@ plans a hot statement once per connection (server-side ``PREPARE``/``EXECUTE``).
 
 from __future__ import annotations
 
+import os
 import re
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +40,7 @@ from playhouse.postgres_ext import PooledPostgresqlExtDatabase
 database = DatabaseProxy()
 _init_lock = threading.Lock()
 _initialised_url: str | None = None
+_own_pools: list[ZenthorDatabase] = []
 
 
 class RoundTrips:
@@ -95,12 +103,21 @@ class _CountingCursor(psycopg2.extensions.cursor):
 _IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
 
 
+# A pooled connection handed back less than this long ago is handed out again without Peewee's
+# liveness check (a ``SELECT 1`` round trip under the pool's lock, shared by every thread): a turn
+# checks out around each model call. One that broke meanwhile fails its first statement, which
+# on_live_session retries on a fresh connection (lease writes) or Dramatiq retries (the rest).
+TRUSTED_FOR_S = 5.0
+
+
 class _Connection(psycopg2.extensions.connection):
-    """A psycopg2 connection that remembers the statements it prepared on the server."""
+    """A psycopg2 connection that remembers the statements it prepared on the server, and when
+    it was last handed back to the pool."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.prepared: set[str] = set()
+        self.returned_at = 0.0
 
 
 class ZenthorDatabase(PooledPostgresqlExtDatabase):
@@ -119,6 +136,24 @@ class ZenthorDatabase(PooledPostgresqlExtDatabase):
         conn = super()._connect()
         conn.cursor_factory = _CountingCursor
         return conn
+
+    def _is_closed(self, conn) -> bool:
+        """The pool's check before it hands ``conn`` out: local state only, when it was handed
+        back moments ago and is idle; else Peewee's own check (a round trip)."""
+        if conn.closed:
+            return True
+        try:
+            idle = conn.get_transaction_status() == _IDLE
+        except psycopg2.Error:
+            return True
+        if idle and time.monotonic() - getattr(conn, "returned_at", 0.0) < TRUSTED_FOR_S:
+            return False
+        return super()._is_closed(conn)
+
+    def _close(self, conn, close_conn: bool = False) -> None:
+        if hasattr(conn, "returned_at"):
+            conn.returned_at = time.monotonic()
+        super()._close(conn, close_conn)
 
     def _no_transaction_sent(self) -> bool:
         """True when this thread's connection is open and has no transaction open on the server
@@ -342,8 +377,11 @@ def held_in_transaction(*, to_add: bool = False) -> dict[Any, Any] | None:
     return database.obj.held(to_add=to_add)
 
 
-def connect_kwargs(url: str) -> dict[str, Any]:
-    """Turn a ``postgresql://user:pass@host:port/db`` URL into psycopg2 keyword arguments."""
+def connect_kwargs(url: str, *, role: str = "") -> dict[str, Any]:
+    """Turn a ``postgresql://user:pass@host:port/db`` URL into psycopg2 keyword arguments.
+
+    Sessions name their process in ``pg_stat_activity.application_name``: ``zenthor <pid>``, and
+    the pool's role after it when it is not the main one (``zenthor 4242 heartbeat``)."""
     parsed = urlparse(url)
     kwargs: dict[str, Any] = {
         "database": unquote(parsed.path.lstrip("/")),
@@ -353,6 +391,7 @@ def connect_kwargs(url: str) -> dict[str, Any]:
         # Every timestamp is stored and compared in UTC.
         "options": "-c timezone=UTC",
         "connect_timeout": 5,
+        "application_name": f"zenthor {os.getpid()} {role}".strip(),
     }
     if parsed.password:
         kwargs["password"] = unquote(parsed.password)
@@ -386,18 +425,55 @@ def init_database(url: str | None = None, pool_size: int | None = None) -> Zenth
         return db
 
 
+def own_pool(role: str, size: int = 1) -> ZenthorDatabase:
+    """A pool of ``size`` connections of its own, on the database :func:`init_database` chose,
+    for work that must never wait behind the main pool's threads (the lease heartbeat). Run
+    statements on it with ``execute(..., db=pool)``; :func:`close_database` closes it too."""
+    from zenthor.settings import get_settings
+
+    with _init_lock:
+        kwargs = connect_kwargs(_initialised_url or get_settings().DATABASE_URL, role=role)
+        pool = ZenthorDatabase(
+            kwargs.pop("database"),
+            max_connections=size,
+            stale_timeout=300,
+            timeout=30,
+            autoconnect=True,
+            connection_factory=_Connection,
+            **kwargs,
+        )
+        _own_pools.append(pool)
+        return pool
+
+
+def give_back() -> None:
+    """Hand this thread's connection back to the pool, unless a transaction is open on it: before
+    a wait that needs no database (a model call), so the threads of a process share
+    ``DATABASE_POOL_SIZE`` connections instead of holding one each. The next statement checks one
+    out again (without a round trip when one was handed back moments ago)."""
+    db = database.obj
+    if db is None or db.is_closed() or db.in_transaction():
+        return
+    db.close()
+
+
 def close_database() -> None:
-    """Close every pooled connection (tests and process shutdown)."""
+    """Close every pooled connection, of the main pool and of :func:`own_pool` (tests and
+    process shutdown)."""
     global _initialised_url
     with _init_lock:
         if database.obj is not None:
             database.obj.close_all()
+        for pool in _own_pools:
+            pool.close_all()
+        _own_pools.clear()
         _initialised_url = None
 
 
-def execute(sql: str, params: tuple | list | dict | None = None) -> list[tuple]:
-    """Run one SQL statement and return its rows (``[]`` when it returns none)."""
-    cursor = database.execute_sql(sql, params)
+def execute(sql: str, params: tuple | list | dict | None = None, *, db: peewee.Database | None = None) -> list[tuple]:
+    """Run one SQL statement (on ``db``, else :data:`database`) and return its rows (``[]`` when
+    it returns none)."""
+    cursor = (db or database).execute_sql(sql, params)
     if cursor.description is None:
         return []
     return cursor.fetchall()

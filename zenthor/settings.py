@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     AGENT_JOB_LEGACY_WINDOW_MS: int = Field(default=600_000, ge=0)
     # A pending job nobody claimed for this long gets its dispatch message re-published.
     DISPATCH_REPUBLISH_GRACE_MS: int = Field(default=30_000, ge=0)
+    # A worker that completes a job goes on with its conversation's next one, claimed in the
+    # completion's commit (no broker hop), while the chain is below this many jobs and this many
+    # ms since its dispatch message started; then it publishes the next job's nudge. 1: no chain.
+    AGENT_JOB_CHAIN_MAX_JOBS: int = Field(default=16, ge=1)
+    AGENT_JOB_CHAIN_MAX_MS: int = Field(default=1_000, ge=0)
     # The dispatch actor's Dramatiq time limit; stays below RabbitMQ's consumer_timeout (1 h).
     DISPATCH_TIME_LIMIT_MS: int = Field(default=900_000, ge=1_000)
     # Sub-minute sweep re-checks between periodiq's one-minute ticks (crash recovery latency).

@@ -92,6 +92,9 @@ def model_env(settings_env, fake_model):
             "AI_RETRY_BASE_MS": "20",
             "AI_RETRY_MAX_MS": "3000",
             "AI_TIMEOUT_S": "5",
+            # These tests run a conversation's jobs one process_job() at a time, each asserted
+            # on its own; the chain (tests/queue/test_chain.py) would run the next one at once.
+            "AGENT_JOB_CHAIN_MAX_JOBS": "1",
             **extra,
         }
         return settings_env(**values)

@@ -134,3 +134,56 @@ def test_a_lost_dispatch_message_is_republished_by_the_sweep(processes):
     wait_for(lambda: AgentJob.get_by_id(job_id).status == "done", 30, interval=0.2)
     assert assistant_messages(conversation) == ["done: hello"]
     assert [e["job_id"] for e in worker.events("queue.job.republished")] == [job_id]
+
+
+def chained_claims(worker: WorkerProcess, job_id: int) -> list[dict]:
+    return [e for e in worker.events("queue.job.claimed") if e.get("job_id") == job_id and e.get("chained")]
+
+
+def test_a_worker_killed_in_the_middle_of_a_chain_loses_nothing(processes):
+    """kill -9 while a job handed over by the previous completion runs: that job is taken back
+    within lease TTL + 15 s, and the rest of the conversation follows, each answered once, in order."""
+    conversation = make_conversation("chain-crash")
+    jobs = [make_job(conversation, text) for text in ("first", "sleep:3", "third")]
+    victim = processes("worker-chain", threads=2)
+    publish_dispatch(jobs[0])
+    wait_for(lambda: chained_claims(victim, jobs[1]), 30, message="the second job is handed over in a chain")
+    assert statuses(jobs) == {
+        jobs[0]: ("done", "worker-chain"),
+        jobs[1]: ("processing", "worker-chain"),
+        jobs[2]: ("pending", None),
+    }
+    victim.kill9()
+    killed_at = time.monotonic()
+
+    processes("worker-after", threads=2)
+    wait_for(
+        lambda: statuses(jobs)[jobs[1]] != ("processing", "worker-chain"), LOCK_MS / 1000 + 25, interval=0.2
+    )
+    elapsed = time.monotonic() - killed_at
+    assert elapsed <= LOCK_MS / 1000 + 15, f"taken back in {elapsed:.1f}s"
+    wait_for(lambda: all(s[0] == "done" for s in statuses(jobs).values()), 40, interval=0.2)
+    assert assistant_messages(conversation) == ["done: first", "done: sleep:3", "done: third"]
+    assert (AgentJob.get_by_id(jobs[1]).attempts, AgentJob.get_by_id(jobs[2]).attempts) == (1, 0)
+
+
+def test_a_worker_paused_in_the_middle_of_a_chain_is_fenced(processes):
+    """SIGSTOP past the lease while a chained job runs: another worker takes it and the rest of
+    the line; the paused one wakes up, writes nothing, and answers nothing twice."""
+    conversation = make_conversation("chain-paused")
+    jobs = [make_job(conversation, text) for text in ("first", "blind:5", "third")]
+    paused = processes("worker-chain-paused", threads=2)
+    publish_dispatch(jobs[0])
+    wait_for(lambda: chained_claims(paused, jobs[1]), 30, message="the second job is handed over in a chain")
+    paused.signal_all(signal.SIGSTOP)
+    try:
+        processes("worker-chain-healthy", threads=2)
+        wait_for(lambda: all(s[0] == "done" for s in statuses(jobs).values()), 60, interval=0.2)
+    finally:
+        paused.signal_all(signal.SIGCONT)
+    wait_for(
+        lambda: paused.events("queue.lease.lost"), 30, message="the paused worker reports its lease lost"
+    )
+    assert [e["job_id"] for e in paused.events("queue.job.completed")] == [jobs[0]]
+    assert assistant_messages(conversation) == ["done: first", "done: blind:5", "done: third"]
+    assert statuses(jobs)[jobs[1]] == ("done", "worker-chain-healthy")

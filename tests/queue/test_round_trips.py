@@ -77,11 +77,12 @@ def split_channel():
 
 
 def test_a_job_with_one_reply_costs_four_round_trips_and_two_nudges(settings_env, counting, published):
-    """Claim; BEGIN with the fenced update, the conversation's lock and its route; the reply;
-    COMMIT with the next-job probe. Then one delivery nudge and the next job's nudge."""
+    """Without a chain: claim; BEGIN with the fenced update, the conversation's lock and its
+    route; the reply; COMMIT with the next-job probe. Then one delivery nudge and the next job's
+    nudge. (With the chain, tests/queue/test_chain.py.)"""
     from zenthor.actors.dispatch import process_job
 
-    settings_env(AGENT_TURN="tests.queue.test_round_trips:one_reply_turn")
+    settings_env(AGENT_TURN="tests.queue.test_round_trips:one_reply_turn", AGENT_JOB_CHAIN_MAX_JOBS="1")
     conversation = make_conversation("four")
     first, second = make_job(conversation, "a"), make_job(conversation, "b")
     counting.reset()
@@ -182,7 +183,12 @@ def test_a_dropped_delivery_nudge_is_delivered_by_the_sweep(settings_env, worker
     finally:
         publish._send = real_send
     assert split_channel == [PART, PART, f"#{job_id}"]
-    assert OutboundMessage.select().where(OutboundMessage.status != "sent").count() == 0
+    # The sender records a row before the deliver actor marks it sent: wait for the mark.
+    wait_for(
+        lambda: OutboundMessage.select().where(OutboundMessage.status != "sent").count() == 0,
+        20,
+        message="every row marked sent",
+    )
 
 
 def test_an_empty_transaction_sends_nothing(counting):

@@ -26,6 +26,7 @@ from zenthor.queue import (
     ClaimRefused,
     Lease,
     LeaseLost,
+    announce_claim,
     claim,
     complete,
     fail,
@@ -82,7 +83,8 @@ def dispatch(*args: Any, **kwargs: Any) -> None:
 
 
 def process_job(job_id: int) -> str:
-    """Claim, run and complete one job; returns what happened (for logs and tests)."""
+    """Claim, run and complete one job, then the chain of its conversation's next jobs handed
+    over by each completion; returns what happened to job ``job_id`` (for logs and tests)."""
     if lease_heartbeat.stopping:
         # This process is shutting down but its consumer still takes messages: hand the job to
         # another worker instead of starting a turn we would abandon.
@@ -106,52 +108,88 @@ def process_job(job_id: int) -> str:
             # ask again when the database says the job is available.
             publish_dispatch(job_id, delay_ms=outcome.available_in_ms + 50)
         return f"refused:{outcome.reason}"
-    lease_heartbeat.hold(outcome)
+    chain = _Chain(started)
+    what, lease = _run_held(outcome, chain)
+    while lease is not None:
+        _, lease = _run_held(lease, chain)
+    return what
+
+
+class _Chain:
+    """How far this dispatch message's chain went: it may hand over one more job while it is
+    below ``AGENT_JOB_CHAIN_MAX_JOBS`` jobs and ``AGENT_JOB_CHAIN_MAX_MS`` since the message
+    started, so a busy conversation cannot keep a thread from the others for long (and a chained
+    turn keeps nearly all of the message's time limit)."""
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.job_started = started  # the current job's: its claim, or the completion that chained it
+        self.jobs = 0
+
+    def next_worker(self) -> str | None:
+        """The worker id to hand the next job to, or None when the chain ends here."""
+        self.jobs += 1
+        settings = get_settings()
+        if lease_heartbeat.stopping or self.jobs >= settings.AGENT_JOB_CHAIN_MAX_JOBS:
+            return None
+        if (time.monotonic() - self.started) * 1000 >= settings.AGENT_JOB_CHAIN_MAX_MS:
+            return None
+        return worker_id()
+
+
+def _run_held(lease: Lease, chain: _Chain) -> tuple[str, Lease | None]:
+    """Run one claimed job under the heartbeat; returns what happened and the job handed over."""
+    lease_heartbeat.hold(lease)
     TURNS_IN_PROGRESS.inc()
     try:
         if lease_heartbeat.stopping:
             # The shutdown began between the check above and the claim, after the heartbeat
             # middleware released what it held: give this one back too.
-            if release(outcome, reason="shutdown"):
-                hand_over(job_id)
-            return "released"
-        return _run_claimed(outcome, started)
+            if release(lease, reason="shutdown"):
+                hand_over(lease.job_id)
+            return "released", None
+        return _run_claimed(lease, chain)
     finally:
         TURNS_IN_PROGRESS.dec()
         lease_heartbeat.drop()
 
 
-def _run_claimed(lease: Lease, started: float) -> str:
+def _run_claimed(lease: Lease, chain: _Chain) -> tuple[str, Lease | None]:
     turn = load_turn(get_settings().AGENT_TURN)
     try:
         result = turn(TurnContext(lease))
         if not isinstance(result, TurnResult):
             raise TurnError("format", f"turn returned {type(result).__name__}, not TurnResult")
-        written = complete(lease, status=result.status, write=lambda held: _write_result(held, result))
+        written = complete(
+            lease,
+            status=result.status,
+            write=lambda held: _write_result(held, result),
+            chain_to=chain.next_worker(),
+        )
     except LeaseLost:
         # Another worker owns the job now; we wrote nothing and must not touch it (the event was
         # emitted when the lease was found lost).
         LEASE_LOSSES.labels(lease="agent_job").inc()
-        return "lease_lost"
+        return "lease_lost", None
     except Shutdown:
         # Warm shutdown: give the job back at once so another worker takes it without waiting.
         if release(lease, reason="shutdown"):
             hand_over(lease.job_id)
-        return "released"
+        return "released", None
     except INFRASTRUCTURE_ERRORS as error:
         emit(ev.DATABASE_UNAVAILABLE, operation="turn", job_id=lease.job_id, error=str(error)[:200])
         # A cut session (Postgres restarted): give the job back now, on a fresh connection, and
         # nudge it. Otherwise the lease stays ours until it expires; the sweep then requeues it.
         if release_after_lost_session(lease):
             publish_dispatch(lease.job_id)
-        return "database_unavailable"
+        return "database_unavailable", None
     except TimeLimitExceeded:
-        return _fail(lease, TurnError("time_limit", "the turn exceeded its time limit"))
+        return _fail(lease, TurnError("time_limit", "the turn exceeded its time limit")), None
     except TurnError as error:
-        return _fail(lease, error)
+        return _fail(lease, error), None
     except Exception as error:  # noqa: BLE001 - a bug in a turn must not lose the job
-        return _fail(lease, TurnError("turn_error", f"{type(error).__name__}: {error}"))
-    duration = time.monotonic() - started
+        return _fail(lease, TurnError("turn_error", f"{type(error).__name__}: {error}")), None
+    duration = time.monotonic() - chain.job_started
     TURN_SECONDS.observe(duration)
     emit(
         ev.JOB_COMPLETED,
@@ -160,8 +198,11 @@ def _run_claimed(lease: Lease, started: float) -> str:
         status=result.status,
         duration_ms=int(duration * 1000),
     )
+    if lease.chained is not None:
+        announce_claim(lease.chained, chained=True)
+        chain.job_started = time.monotonic()
     _after_finish(lease, written)
-    return result.status
+    return result.status, lease.chained
 
 
 def _write_result(lease: Lease, result: TurnResult) -> WrittenReplies:
@@ -220,6 +261,8 @@ def _after_finish(lease: Lease, written: WrittenReplies | None) -> None:
     try:
         if written is not None and written.outbound_ids:
             publish_job_deliveries(written.outbound_ids, written.channel)
+        if lease.chained is not None:
+            return  # this worker goes on with it: no nudge
         next_job = lease.next_job_id if lease.next_job_read else next_pending_job(lease.conversation_id)
         if next_job is not None:
             publish_dispatch(next_job)

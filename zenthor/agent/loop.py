@@ -56,7 +56,7 @@ from zenthor.agent.toolbox import (
     parse_arguments,
     tool_schemas,
 )
-from zenthor.db import execute
+from zenthor.db import execute, give_back
 from zenthor.models import Conversation, Message, ToolApproval
 from zenthor.observability import emit
 from zenthor.observability import events as ev
@@ -189,6 +189,7 @@ class AgentLoop:
             report_compaction(
                 compaction, job_id=self.ctx.job_id, conversation_id=self.ctx.conversation_id, window=window
             )
+            give_back()  # no connection held while the model thinks (issue 13, item 4)
             try:
                 reply = self.client.complete(
                     messages, tools=self.tools or None, checkpoint=self.ctx.checkpoint, job_id=self.ctx.job_id

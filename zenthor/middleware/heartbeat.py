@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from dramatiq.middleware import Middleware
 
-from zenthor.db import database
+from zenthor.db import ZenthorDatabase, database, own_pool
 from zenthor.observability import emit
 from zenthor.observability import events as ev
 from zenthor.queue import Lease, heartbeat, release
@@ -49,6 +49,7 @@ class LeaseHeartbeat(Middleware):
         self._stop_beating = threading.Event()  # ends the heartbeat thread
         self._draining = threading.Event()  # between the start and the end of a warm shutdown
         self._thread: threading.Thread | None = None
+        self._db: ZenthorDatabase | None = None  # the heartbeat's own pool, opened at its first beat
         self._tick_thread: threading.Thread | None = None
 
     # --- the registry, used by actors ---------------------------------------------------------
@@ -100,8 +101,13 @@ class LeaseHeartbeat(Middleware):
 
     # --- work ---------------------------------------------------------------------------------
     def beat(self) -> list[Lease]:
-        """Extend every held lease once; returns the leases found lost."""
-        return heartbeat(self.held())
+        """Extend every held lease once, on the heartbeat's own connection; returns the leases
+        found lost."""
+        if self._db is None:
+            # Its own pool: a beat never waits behind worker threads that took every connection
+            # of the main pool (DATABASE_POOL_SIZE is independent of the thread count).
+            self._db = own_pool("heartbeat")
+        return heartbeat(self.held(), db=self._db)
 
     def release_all(self, *, reason: str) -> list[int]:
         """Give back every lease this process holds and re-publish their jobs."""
@@ -121,8 +127,8 @@ class LeaseHeartbeat(Middleware):
         try:
             self._beat_until_stopped()
         finally:
-            if not database.is_closed():
-                database.close()  # hand this thread's connection back to the pool
+            if self._db is not None and not self._db.is_closed():
+                self._db.close()  # hand this thread's connection back to its pool
 
     def _beat_until_stopped(self) -> None:
         while not self._stop_beating.wait(self.interval_ms / 1000):
@@ -131,7 +137,8 @@ class LeaseHeartbeat(Middleware):
             except Exception as error:  # noqa: BLE001 - keep beating; leases expire if the DB stays down
                 emit(ev.DATABASE_UNAVAILABLE, operation="heartbeat", job_id=None, error=str(error)[:200])
                 try:
-                    database.close()
+                    if self._db is not None:
+                        self._db.manual_close()  # likely dead: not back to the pool
                 except Exception:  # noqa: BLE001
                     pass
             self._start_tick()

@@ -89,6 +89,9 @@ JOB_CLAIMED = event(
     "attempt",
     "lease_token",
     "takeover",
+    "chained",
+    description="chained: handed over by the completion of the conversation's previous job, "
+    "in its commit's round trip, to the worker that completed it",
     says="job {job_id} claimed (attempt {attempt}, takeover {takeover})",
 )
 JOB_CLAIM_REFUSED = event(

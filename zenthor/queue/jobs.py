@@ -245,6 +245,41 @@ SELECT j.id FROM agent_job AS j
  ORDER BY j.id LIMIT 1
 """
 
+# The completion's hand-over (issue 13 item 2), sent in the COMMIT's round trip and run after the
+# commit: the conversation's oldest pending job, and, when it is available and nothing is ahead
+# of it, that job claimed for the same worker under a fresh token, exactly as _CLAIM would claim
+# it (a pending job: attempts unchanged). ``next`` is read from the snapshot the UPDATE sees; a
+# concurrent claim of the same row makes the UPDATE re-check ``status = 'pending'`` and match
+# nothing, and a race with another job of the conversation is refused by the partial unique
+# index, as for any claim. The first column is the next job's id either way.
+_CLAIM_NEXT = f"""
+WITH next AS (
+    SELECT j.id FROM agent_job AS j
+     WHERE j.conversation_id = %(conversation_id)s AND j.status = 'pending'
+     ORDER BY j.id LIMIT 1
+), taken AS (
+    UPDATE agent_job AS j
+       SET status = 'processing',
+           processor_id = %(worker)s,
+           lease_token = %(token)s::uuid,
+           locked_until = now() + %(lock_ms)s * interval '1 millisecond',
+           started_at = now(),
+           last_heartbeat_at = now(),
+           finished_at = NULL
+     WHERE j.id = (SELECT next.id FROM next)
+       AND j.status = 'pending' AND j.available_at <= now()
+       AND NOT {_AHEAD_OF_J}
+    RETURNING j.id, j.conversation_id, j.message_id, j.kind, j.payload, j.attempts, j.max_attempts,
+              j.locked_until
+)
+SELECT next.id, taken.id, taken.conversation_id, taken.message_id, taken.kind, taken.payload,
+       taken.attempts, taken.max_attempts, taken.locked_until
+  FROM next LEFT JOIN taken ON taken.id = next.id
+"""
+
+# The only index a claim can collide with (I2): another job of the conversation became processing.
+_ONE_PROCESSING_INDEX = "agent_job_one_processing_per_conversation"
+
 
 class LeaseLost(Exception):
     """The lease was taken back (expired and requeued, or claimed by another worker)."""
@@ -274,9 +309,11 @@ class Lease:
     # write must not report the lease as lost.
     finishing: bool = False
     # Set by complete(): the conversation's oldest pending job (None: there is none), read right
-    # after the commit in the commit's round trip; next_job_read says whether it was read.
+    # after the commit in the commit's round trip; next_job_read says whether it was read. With
+    # ``chain_to``, ``chained`` is that job when the same round trip also claimed it for us.
     next_job_read: bool = field(default=False, repr=False, compare=False)
     next_job_id: int | None = field(default=None, repr=False, compare=False)
+    chained: Lease | None = field(default=None, repr=False, compare=False)
     _lost: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
     @property
@@ -446,19 +483,36 @@ def claim(job_id: int, worker_id: str, *, lock_ms: int | None = None) -> Lease |
     if not rows:
         return _why_refused(params)
     row = rows[0]
-    lease = Lease(
+    return _claimed(row[:8], params["token"], worker_id, takeover=row[8] == "processing")
+
+
+def _claimed(row: tuple, token: str, worker_id: str, *, takeover: bool = False) -> Lease:
+    """The lease for a claimed row ``(id, conversation_id, message_id, kind, payload, attempts,
+    max_attempts, locked_until)``, announced."""
+    lease = _lease_of(row, token, worker_id, takeover=takeover)
+    announce_claim(lease)
+    return lease
+
+
+def _lease_of(row: tuple, token: str, worker_id: str, *, takeover: bool = False) -> Lease:
+    return Lease(
         job_id=row[0],
         conversation_id=row[1],
         message_id=row[2],
         kind=row[3],
         payload=row[4],
-        token=params["token"],
+        token=token,
         worker_id=worker_id,
         attempt=row[5] + 1,
         max_attempts=row[6],
         locked_until=row[7],
-        takeover=row[8] == "processing",
+        takeover=takeover,
     )
+
+
+def announce_claim(lease: Lease, *, chained: bool = False) -> None:
+    """Emit the claim of ``lease``; a chained one is announced by its worker after the completion
+    that handed it over, so the log reads in the order things happened."""
     emit(
         ev.JOB_CLAIMED,
         job_id=lease.job_id,
@@ -466,8 +520,8 @@ def claim(job_id: int, worker_id: str, *, lock_ms: int | None = None) -> Lease |
         attempt=lease.attempt,
         lease_token=lease.token,
         takeover=lease.takeover,
+        chained=chained,
     )
-    return lease
 
 
 def _why_refused(params: dict[str, Any]) -> ClaimRefused:
@@ -494,8 +548,9 @@ def _why_refused(params: dict[str, Any]) -> ClaimRefused:
     return ClaimRefused(job_id, reason, holder=holder, conversation_id=conversation_id)
 
 
-def heartbeat(leases: Iterable[Lease], *, lock_ms: int | None = None) -> list[Lease]:
-    """Extend every lease in ``leases`` in one statement; returns (and marks) the ones lost."""
+def heartbeat(leases: Iterable[Lease], *, lock_ms: int | None = None, db: Any = None) -> list[Lease]:
+    """Extend every lease in ``leases`` in one statement (on ``db``, a pool of the heartbeat's
+    own, else the main one); returns (and marks) the ones lost."""
     held = [lease for lease in leases if not lease.lost]
     if not held:
         return []
@@ -506,6 +561,7 @@ def heartbeat(leases: Iterable[Lease], *, lock_ms: int | None = None) -> list[Le
             [lease.job_id for lease in held],
             [lease.token for lease in held],
         ),
+        db=db,
     )
     alive = {row[0] for row in rows}
     lost = [lease for lease in held if lease.job_id not in alive and not lease.finishing]
@@ -516,7 +572,13 @@ def heartbeat(leases: Iterable[Lease], *, lock_ms: int | None = None) -> list[Le
     return lost
 
 
-def complete(lease: Lease, *, status: str = "done", write: Callable[[Lease], T] | None = None) -> T | None:
+def complete(
+    lease: Lease,
+    *,
+    status: str = "done",
+    write: Callable[[Lease], T] | None = None,
+    chain_to: str | None = None,
+) -> T | None:
     """Finish the job and run ``write`` (the turn's messages and outbox rows) in one transaction.
 
     ``status`` is ``done`` or ``awaiting_approval`` (the turn waits for the user; the lease ends
@@ -525,7 +587,10 @@ def complete(lease: Lease, *, status: str = "done", write: Callable[[Lease], T] 
 
     Round trips: ``BEGIN`` + the fenced update + the conversation's lock and route (one
     statement), what ``write`` sends, then ``COMMIT`` + the conversation's next pending job, read
-    after the commit into ``lease.next_job_id`` (``lease.next_job_read`` is then True).
+    after the commit into ``lease.next_job_id`` (``lease.next_job_read`` is then True). With
+    ``chain_to`` (a worker id), that same statement also claims the next job for that worker when
+    it is available (``lease.chained``): the worker goes on with it, with no broker hop and no
+    claim of its own.
     """
     if status not in ("done", "awaiting_approval"):
         raise ValueError(f"complete() takes status done or awaiting_approval, not {status!r}")
@@ -533,18 +598,49 @@ def complete(lease: Lease, *, status: str = "done", write: Callable[[Lease], T] 
     lease.finishing = True
 
     params = {"job_id": lease.job_id, "token": lease.token, "status": status}
+    if chain_to is None:
+        then: tuple[str, Any] = (_NEXT_PENDING, (lease.conversation_id,))
+    else:
+        settings = _settings()
+        next_params = {
+            "conversation_id": lease.conversation_id,
+            "worker": chain_to,
+            "token": str(uuid.uuid4()),
+            "lock_ms": settings.AGENT_JOB_LOCK_MS,
+            "legacy_ms": settings.AGENT_JOB_LEGACY_WINDOW_MS,
+        }
+        then = (_CLAIM_NEXT, next_params)
 
     def complete_once() -> T | None:
         # The next-job probe rides on the COMMIT's round trip and still runs after the commit: a
         # job accepted while we held the conversation commits after us, so its own nudge finds
         # this job finished, and one accepted before is seen here.
-        with transaction_then(_NEXT_PENDING, (lease.conversation_id,)) as after:
-            result = _complete_in_transaction(lease, params, write)
-        lease.next_job_id = after.rows[0][0] if after.rows else None
+        committing = False
+        try:
+            with transaction_then(*then) as after:
+                result = _complete_in_transaction(lease, params, write)
+                committing = True
+        except IntegrityError as error:
+            if not (committing and chain_to is not None and _constraint(error) == _ONE_PROCESSING_INDEX):
+                raise
+            # The COMMIT went through; the hand-over after it lost a race with another claim in
+            # this conversation, which now holds it and nudges what follows.
+            lease.next_job_id, lease.next_job_read = None, True
+            return result
+        row = after.rows[0] if after.rows else None
+        lease.next_job_id = row[0] if row else None
         lease.next_job_read = True
+        if row is not None and len(row) > 1 and row[1] is not None:
+            lease.chained = _lease_of(row[1:], then[1]["token"], chain_to)  # announced by its worker
         return result
 
     return on_live_session(complete_once, operation="complete", job_id=lease.job_id)
+
+
+def _constraint(error: Exception) -> str | None:
+    """The constraint a Postgres integrity error names (None when it names none)."""
+    diag = getattr(getattr(error, "orig", None), "diag", None) or getattr(error, "diag", None)
+    return getattr(diag, "constraint_name", None)
 
 
 def _complete_in_transaction(

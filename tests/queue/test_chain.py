@@ -1,0 +1,210 @@
+"""The completion hands the conversation's next job to the same worker (issue 13, item 2).
+
+Counted, not timed: round trips from ``zenthor.db.round_trips`` and nudges recorded instead of
+published. Crashes and pauses in the middle of a chain, with real worker processes, are in
+tests/queue/test_recovery.py.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import psycopg2
+import pytest
+
+from tests.conftest import TEST_ENV
+from tests.queue.test_round_trips import counting, published  # noqa: F401 - fixtures
+from tests.support.factories import assistant_messages, make_conversation, make_job
+from tests.support.workers import DbThread, wait_for
+from zenthor.agent.turn import TurnContext, TurnResult
+from zenthor.db import execute
+from zenthor.models import AgentJob, OutboundMessage
+
+ONE_REPLY = "tests.queue.test_round_trips:one_reply_turn"
+
+
+def job_rows(job_ids: list[int]) -> list[tuple[str, str | None]]:
+    rows = {j.id: j for j in AgentJob.select().where(AgentJob.id.in_(job_ids))}
+    return [(rows[job_id].status, rows[job_id].processor_id) for job_id in job_ids]
+
+
+def outbound_ids() -> list[int]:
+    return [row.id for row in OutboundMessage.select().order_by(OutboundMessage.id)]
+
+
+def test_the_next_job_is_claimed_in_the_commit_and_run_without_a_nudge(settings_env, counting, published):  # noqa: F811
+    """Two jobs of one conversation, one dispatch message: 7 round trips and no dispatch nudge."""
+    from zenthor.actors.dispatch import process_job
+
+    settings_env(AGENT_TURN=ONE_REPLY)
+    conversation = make_conversation("chain")
+    first, second = make_job(conversation, "a"), make_job(conversation, "b")
+    counting.reset()
+
+    assert process_job(first) == "done"
+
+    claim_trip, *rest = counting.of_thread()
+    assert claim_trip in (("EXECUTE",), ("PREPARE", "EXECUTE"))
+    completion = [("BEGIN", "WITH"), ("WITH",), ("COMMIT", "WITH")]  # COMMIT; claim of the next job
+    assert rest == completion + completion
+    assert [status for status, _ in job_rows([first, second])] == ["done", "done"]
+    assert published == [("deliver", row_id, None) for row_id in outbound_ids()]
+    assert assistant_messages(conversation) == ["ok", "ok"]
+
+
+def test_the_chain_ends_after_its_bound_and_nudges_the_rest(settings_env, published):  # noqa: F811
+    from zenthor.actors.dispatch import process_job
+
+    settings_env(AGENT_TURN=ONE_REPLY, AGENT_JOB_CHAIN_MAX_JOBS="3")
+    conversation = make_conversation("bounded")
+    jobs = [make_job(conversation, f"m{n}") for n in range(5)]
+
+    assert process_job(jobs[0]) == "done"
+
+    assert [status for status, _ in job_rows(jobs)] == ["done"] * 3 + ["pending"] * 2
+    assert [p for p in published if p[0] == "dispatch"] == [("dispatch", jobs[3], None)]
+
+
+def test_no_chain_once_the_message_is_older_than_its_time_bound(settings_env, published):  # noqa: F811
+    from zenthor.actors.dispatch import process_job
+
+    settings_env(AGENT_TURN=ONE_REPLY, AGENT_JOB_CHAIN_MAX_MS="0")
+    conversation = make_conversation("no-time")
+    first, second = make_job(conversation, "a"), make_job(conversation, "b")
+
+    assert process_job(first) == "done"
+
+    assert job_rows([first, second])[1][0] == "pending"
+    assert ("dispatch", second, None) in published
+
+
+def test_a_job_waiting_for_its_retry_is_not_chained(settings_env, published):  # noqa: F811
+    from zenthor.actors.dispatch import process_job
+
+    settings_env(AGENT_TURN=ONE_REPLY)
+    conversation = make_conversation("backoff")
+    first, second = make_job(conversation, "a"), make_job(conversation, "b")
+    execute("UPDATE agent_job SET available_at = now() + interval '1 hour' WHERE id = %s", (second,))
+
+    assert process_job(first) == "done"
+
+    assert job_rows([second]) == [("pending", None)]
+    # Nudged as before the chain: its claim says when it is available and asks again then.
+    assert ("dispatch", second, None) in published
+
+
+def test_a_chain_that_loses_the_race_for_the_conversation_still_completes_its_job(settings_env, published):  # noqa: F811
+    """The hand-over runs after the COMMIT: when another claim of the conversation wins (here an
+    approved job resumed and taken meanwhile), the unique index refuses the hand-over, and the job
+    that completed stays done with its reply; the winner nudges what follows."""
+    from zenthor.actors.dispatch import process_job
+
+    settings_env(AGENT_TURN=ONE_REPLY)
+    conversation = make_conversation("lost-race")
+    asked = make_job(conversation, "asked")  # waits for an approval: it does not hold the line
+    execute("UPDATE agent_job SET status = 'awaiting_approval' WHERE id = %s", (asked,))
+    first, second = make_job(conversation, "a"), make_job(conversation, "b")
+
+    other = psycopg2.connect(TEST_ENV["DATABASE_URL"])
+    try:
+        cursor = other.cursor()
+        cursor.execute("SELECT pg_backend_pid()")
+        (other_pid,) = cursor.fetchone()
+        cursor.execute("SELECT id FROM agent_job WHERE id = %s FOR UPDATE", (second,))  # holds `second`
+        outcome: list[str] = []
+        running = DbThread(target=lambda: outcome.append(process_job(first)))
+        running.start()
+        # The hand-over waits for `second`'s row lock: the COMMIT of `first` is through.
+        wait_for(
+            lambda: (
+                execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))",
+                    (other_pid,),
+                )[0][0]
+                == 1
+            ),
+            20,
+            message="the hand-over waits for the row lock",
+        )
+        assert job_rows([first])[0][0] == "done"
+        cursor.execute(
+            "UPDATE agent_job SET status = 'processing', lease_token = gen_random_uuid(), "
+            "processor_id = 'elsewhere', locked_until = now() + interval '1 minute' WHERE id = %s",
+            (asked,),
+        )
+        other.commit()
+        running.join(20)
+    finally:
+        other.close()
+
+    assert outcome == ["done"]
+    assert [status for status, _ in job_rows([asked, first, second])] == ["processing", "done", "pending"]
+    assert assistant_messages(conversation) == ["ok"]
+    assert [p[0] for p in published] == ["deliver"]  # the winner nudges `second` when it completes
+
+
+_running: dict[int, int] = {}
+_seen: dict[int, list[int]] = {}
+_overlaps: list[int] = []
+_guard = threading.Lock()
+
+
+def exclusive_turn(ctx: TurnContext) -> TurnResult:
+    """Records which jobs of a conversation ran, in order, and any two that ran at once."""
+    with _guard:
+        _running[ctx.conversation_id] = _running.get(ctx.conversation_id, 0) + 1
+        if _running[ctx.conversation_id] > 1:
+            _overlaps.append(ctx.conversation_id)
+        _seen.setdefault(ctx.conversation_id, []).append(ctx.job_id)
+    time.sleep(0.001)  # widen the window a second holder would need
+    with _guard:
+        _running[ctx.conversation_id] -= 1
+    return TurnResult(replies=["ok"])
+
+
+@pytest.mark.parametrize("chain_max", ["1", "16"])
+def test_claims_from_many_threads_never_hold_a_conversation_twice_with_or_without_the_chain(
+    settings_env, chain_max
+):
+    """Eight threads dispatch every job of 20 conversations at once (every job has its own
+    nudge, as after a replay): each job runs once, no two jobs of a conversation run at the same
+    time, and each conversation's jobs run in id order."""
+    from zenthor.actors.dispatch import process_job
+
+    settings_env(AGENT_TURN="tests.queue.test_chain:exclusive_turn", AGENT_JOB_CHAIN_MAX_JOBS=chain_max)
+    _running.clear(), _seen.clear(), _overlaps.clear()
+    conversations = [make_conversation(f"race-{chain_max}-{n}") for n in range(20)]
+    jobs = [make_job(c, f"m{k}") for k in range(5) for c in conversations]
+    lock = threading.Lock()
+    todo = list(jobs)
+    random.Random(7).shuffle(todo)
+
+    def work() -> None:
+        while True:
+            with lock:
+                if not todo:
+                    return
+                job_id = todo.pop()
+            process_job(job_id)
+
+    threads = [DbThread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    # A job refused while its conversation was busy was nudged by the completion before it (the
+    # nudges went to a broker nobody consumes here): run what is still pending, oldest first.
+    for _ in range(len(jobs)):
+        waiting = [j.id for j in AgentJob.select().where(AgentJob.status == "pending").order_by(AgentJob.id)]
+        if not waiting:
+            break
+        for job_id in waiting:
+            process_job(job_id)
+    assert {j.status for j in AgentJob.select().where(AgentJob.id.in_(jobs))} == {"done"}
+    assert _overlaps == []
+    for conversation in conversations:
+        assert _seen[conversation] == sorted(_seen[conversation])
+        assert len(_seen[conversation]) == 5
+        assert assistant_messages(conversation) == ["ok"] * 5
