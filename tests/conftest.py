@@ -69,7 +69,10 @@ def test_services():
         from zenthor.db import init_database
         from zenthor.migrations import migrate
 
-        init_database()
+        # This process races up to 16 threads of its own at once (each holding a connection
+        # through a barrier or an open transaction) beside an in-process worker; the worker
+        # processes the tests start keep the default pool (DATABASE_POOL_SIZE).
+        init_database(pool_size=32)
         migrate()
         yield TEST_ENV
     finally:

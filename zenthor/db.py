@@ -117,6 +117,9 @@ class _Connection(psycopg2.extensions.connection):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.prepared: set[str] = set()
+        # Set when a prepared statement turned out missing, stale or already there: the server's
+        # set is not what ``prepared`` says, so the next use starts with ``DEALLOCATE ALL``.
+        self.prepared_unknown = False
         self.returned_at = 0.0
 
 
@@ -212,14 +215,22 @@ class ZenthorDatabase(PooledPostgresqlExtDatabase):
             return
         super().rollback()
 
-    def commit_then(self, sql: str, params: Any = None) -> list[tuple]:
+    def commit_then(self, sql: str | Prepared, params: Any = None) -> list[tuple]:
         """Commit, then run ``sql`` (outside the transaction, after the commit, like a statement
-        sent after ``commit()``) in the same round trip; returns its rows."""
+        sent after ``commit()``) in the same round trip; returns its rows. A :class:`Prepared`
+        statement runs as one; if the server lost it, the error can only have come after the
+        commit went through, so it is prepared again on its own."""
         self._state.held = {}
         if self._no_transaction_sent():
-            cursor = self.execute_sql(sql, params)  # nothing to commit
+            prefix = ""  # nothing to commit
         else:
-            cursor = self.execute_sql(f"COMMIT; {sql}", params)
+            prefix = "COMMIT; "
+        if isinstance(sql, Prepared):
+            try:
+                return _send_prepared(self, sql, params, prefix=prefix)
+            except PreparedStatementLost:
+                return _send_prepared(self, sql, params)
+        cursor = self.execute_sql(f"{prefix}{sql}", params)
         return cursor.fetchall() if cursor.description is not None else []
 
     def held(self, *, to_add: bool = False) -> dict[Any, Any] | None:
@@ -245,9 +256,9 @@ class ThenRows:
 class _TransactionThen(peewee._transaction, ThenRows):
     """Peewee's outermost transaction whose commit runs ``then`` in the same round trip."""
 
-    def __init__(self, db: ZenthorDatabase, sql: str, params: Any) -> None:
+    def __init__(self, db: ZenthorDatabase, sql: str | Prepared, params: Any) -> None:
         super().__init__(db)
-        self.then: tuple[str, Any] | None = (sql, params)
+        self.then: tuple[str | Prepared, Any] | None = (sql, params)
         self.rows: list[tuple] | None = None
 
     def commit(self, begin: bool = True) -> None:
@@ -261,7 +272,7 @@ class _TransactionThen(peewee._transaction, ThenRows):
 
 
 @contextmanager
-def transaction_then(sql: str, params: Any = None) -> Iterator[ThenRows]:
+def transaction_then(sql: str | Prepared, params: Any = None) -> Iterator[ThenRows]:
     """A transaction like ``database.atomic()`` that runs ``sql`` right after its commit, in the
     commit's round trip (``COMMIT; <sql>``); its rows are in ``.rows`` once the block ended
     without an exception. Inside an outer transaction the block is a savepoint and ``sql`` runs
@@ -271,7 +282,7 @@ def transaction_then(sql: str, params: Any = None) -> Iterator[ThenRows]:
         then = ThenRows()
         with db.atomic():
             yield then
-        then.rows = execute(sql, params)
+        then.rows = execute_prepared(sql, params) if isinstance(sql, Prepared) else execute(sql, params)
         return
     with _TransactionThen(db, sql, params) as transaction:
         yield transaction
@@ -334,42 +345,69 @@ def _rows(cursor) -> list[tuple]:
     return cursor.fetchall() if cursor.description is not None else []
 
 
-def execute_prepared(statement: Prepared, params: dict[str, Any]) -> list[tuple]:
+class PreparedStatementLost(peewee.DatabaseError):
+    """A prepared statement the connection thought it had was missing on the server, its plan went
+    stale, or it was already there: nothing ran. Outside a transaction :func:`execute_prepared`
+    prepares it again at once; inside one the transaction is aborted, and its owner runs it again
+    (the next use sends ``DEALLOCATE ALL`` first)."""
+
+
+_LOST_CODES = (_UNKNOWN_PREPARED, _STALE_PLAN, _DUPLICATE_PREPARED)
+
+
+def _send_prepared(
+    db: ZenthorDatabase, statement: Prepared, params: dict[str, Any], *, prefix: str = ""
+) -> list[tuple]:
+    conn = db.connection()
+    prepared: set[str] | None = getattr(conn, "prepared", None)
+    if prepared is None:  # not one of our connections
+        return _rows(db.execute_sql(prefix + statement.sql, params))
+    reset = conn.prepared_unknown
+    parts = ["DEALLOCATE ALL"] if reset else []
+    if reset or statement.name not in prepared:
+        parts.append(statement.prepare_sql)
+    parts.append(statement.execute_sql)
+    try:
+        rows = _rows(db.execute_sql(prefix + "; ".join(parts), params))
+    except peewee.DatabaseError as error:
+        if _pgcode(error) in _LOST_CODES:
+            conn.prepared_unknown = True
+            raise PreparedStatementLost(f"prepared statement {statement.name}: {error}") from error
+        if len(parts) > 1:
+            # Whether the PREPARE stayed (the EXECUTE after it failed) is not known: the next use
+            # starts afresh rather than fail on a duplicate inside someone's transaction.
+            conn.prepared_unknown = True
+        raise
+    if reset:
+        prepared.clear()
+        conn.prepared_unknown = False
+    prepared.add(statement.name)
+    return rows
+
+
+def execute_prepared(
+    statement: Prepared, params: dict[str, Any], *, in_transaction: bool = False
+) -> list[tuple]:
     """Run ``statement`` as a prepared statement of this thread's connection and return its rows.
 
     Prepared on the connection's first use, in the same round trip as its first ``EXECUTE``. A
     statement the server no longer knows (its session was reset under us), or whose plan a
-    migration made stale, is prepared again. Only outside a transaction (an error inside one would
-    abort it): there it runs as plain SQL. Needs a session of its own on the server: direct
-    Postgres or session pooling, not a transaction-pooling proxy (pgbouncer's default mode mixes
-    sessions, and a statement prepared on one would be missing on the next).
+    migration made stale, is prepared again (after ``DEALLOCATE ALL``, in the same round trip).
+    Inside a transaction it runs as plain SQL unless ``in_transaction`` says the caller can run
+    the whole transaction again when it raises :class:`PreparedStatementLost` (an error inside a
+    transaction aborts it). Needs a session of its own on the server: direct Postgres or session
+    pooling, not a transaction-pooling proxy (pgbouncer's default mode mixes sessions, and a
+    statement prepared on one would be missing on the next).
     """
     db = database.obj
     if db.in_transaction():
-        return execute(statement.sql, params)
-    conn = db.connection()
-    prepared = getattr(conn, "prepared", None)
-    if prepared is None:  # not one of our connections
-        return execute(statement.sql, params)
-    if statement.name in prepared:
-        try:
-            return _rows(db.execute_sql(statement.execute_sql, params))
-        except peewee.DatabaseError as error:
-            code = _pgcode(error)
-            if code == _STALE_PLAN:
-                db.execute_sql(f"DEALLOCATE {statement.name}")
-            elif code != _UNKNOWN_PREPARED:
-                raise
-            prepared.discard(statement.name)
+        if not in_transaction:
+            return execute(statement.sql, params)
+        return _send_prepared(db, statement, params)
     try:
-        rows = _rows(db.execute_sql(f"{statement.prepare_sql}; {statement.execute_sql}", params))
-    except peewee.DatabaseError as error:
-        if _pgcode(error) != _DUPLICATE_PREPARED:
-            raise  # whether the PREPARE stayed is not known: the next call finds out
-        prepared.add(statement.name)
-        return _rows(db.execute_sql(statement.execute_sql, params))
-    prepared.add(statement.name)
-    return rows
+        return _send_prepared(db, statement, params)
+    except PreparedStatementLost:
+        return _send_prepared(db, statement, params)
 
 
 def held_in_transaction(*, to_add: bool = False) -> dict[Any, Any] | None:
@@ -399,14 +437,16 @@ def connect_kwargs(url: str, *, role: str = "") -> dict[str, Any]:
 
 
 def init_database(url: str | None = None, pool_size: int | None = None) -> ZenthorDatabase:
-    """Point :data:`database` at Postgres (from settings unless ``url`` is given); idempotent."""
+    """Point :data:`database` at Postgres (from settings unless ``url`` is given); idempotent, unless
+    ``pool_size`` differs from the pool's (then the pool is replaced)."""
     global _initialised_url
     from zenthor.settings import get_settings
 
     settings = get_settings()
     url = url or settings.DATABASE_URL
     with _init_lock:
-        if _initialised_url == url and database.obj is not None:
+        same_pool = pool_size is None or pool_size == getattr(database.obj, "_max_connections", None)
+        if _initialised_url == url and database.obj is not None and same_pool:
             return database.obj
         if database.obj is not None:
             database.obj.close_all()
@@ -470,7 +510,9 @@ def close_database() -> None:
         _initialised_url = None
 
 
-def execute(sql: str, params: tuple | list | dict | None = None, *, db: peewee.Database | None = None) -> list[tuple]:
+def execute(
+    sql: str, params: tuple | list | dict | None = None, *, db: peewee.Database | None = None
+) -> list[tuple]:
     """Run one SQL statement (on ``db``, else :data:`database`) and return its rows (``[]`` when
     it returns none)."""
     cursor = (db or database).execute_sql(sql, params)

@@ -15,8 +15,8 @@ import psycopg2
 import pytest
 
 from tests.conftest import TEST_ENV
-from tests.queue.test_round_trips import counting, published  # noqa: F401 - fixtures
 from tests.support.factories import assistant_messages, make_conversation, make_job
+from tests.support.trips import executed
 from tests.support.workers import DbThread, wait_for
 from zenthor.agent.turn import TurnContext, TurnResult
 from zenthor.db import execute
@@ -34,7 +34,7 @@ def outbound_ids() -> list[int]:
     return [row.id for row in OutboundMessage.select().order_by(OutboundMessage.id)]
 
 
-def test_the_next_job_is_claimed_in_the_commit_and_run_without_a_nudge(settings_env, counting, published):  # noqa: F811
+def test_the_next_job_is_claimed_in_the_commit_and_run_without_a_nudge(settings_env, counting, published):
     """Two jobs of one conversation, one dispatch message: 7 round trips and no dispatch nudge."""
     from zenthor.actors.dispatch import process_job
 
@@ -45,16 +45,17 @@ def test_the_next_job_is_claimed_in_the_commit_and_run_without_a_nudge(settings_
 
     assert process_job(first) == "done"
 
-    claim_trip, *rest = counting.of_thread()
-    assert claim_trip in (("EXECUTE",), ("PREPARE", "EXECUTE"))
-    completion = [("BEGIN", "WITH"), ("WITH",), ("COMMIT", "WITH")]  # COMMIT; claim of the next job
+    claim_trip, *rest = executed(counting.of_thread())
+    assert claim_trip == ("EXECUTE",)
+    # Prepared: the completion's first statement and, after the COMMIT, the hand-over.
+    completion = [("BEGIN", "EXECUTE"), ("WITH",), ("COMMIT", "EXECUTE")]
     assert rest == completion + completion
     assert [status for status, _ in job_rows([first, second])] == ["done", "done"]
     assert published == [("deliver", row_id, None) for row_id in outbound_ids()]
     assert assistant_messages(conversation) == ["ok", "ok"]
 
 
-def test_the_chain_ends_after_its_bound_and_nudges_the_rest(settings_env, published):  # noqa: F811
+def test_the_chain_ends_after_its_bound_and_nudges_the_rest(settings_env, published):
     from zenthor.actors.dispatch import process_job
 
     settings_env(AGENT_TURN=ONE_REPLY, AGENT_JOB_CHAIN_MAX_JOBS="3")
@@ -67,7 +68,7 @@ def test_the_chain_ends_after_its_bound_and_nudges_the_rest(settings_env, publis
     assert [p for p in published if p[0] == "dispatch"] == [("dispatch", jobs[3], None)]
 
 
-def test_no_chain_once_the_message_is_older_than_its_time_bound(settings_env, published):  # noqa: F811
+def test_no_chain_once_the_message_is_older_than_its_time_bound(settings_env, published):
     from zenthor.actors.dispatch import process_job
 
     settings_env(AGENT_TURN=ONE_REPLY, AGENT_JOB_CHAIN_MAX_MS="0")
@@ -80,7 +81,7 @@ def test_no_chain_once_the_message_is_older_than_its_time_bound(settings_env, pu
     assert ("dispatch", second, None) in published
 
 
-def test_a_job_waiting_for_its_retry_is_not_chained(settings_env, published):  # noqa: F811
+def test_a_job_waiting_for_its_retry_is_not_chained(settings_env, published):
     from zenthor.actors.dispatch import process_job
 
     settings_env(AGENT_TURN=ONE_REPLY)
@@ -95,7 +96,7 @@ def test_a_job_waiting_for_its_retry_is_not_chained(settings_env, published):  #
     assert ("dispatch", second, None) in published
 
 
-def test_a_chain_that_loses_the_race_for_the_conversation_still_completes_its_job(settings_env, published):  # noqa: F811
+def test_a_chain_that_loses_the_race_for_the_conversation_still_completes_its_job(settings_env, published):
     """The hand-over runs after the COMMIT: when another claim of the conversation wins (here an
     approved job resumed and taken meanwhile), the unique index refuses the hand-over, and the job
     that completed stays done with its reply; the winner nudges what follows."""
@@ -208,3 +209,90 @@ def test_claims_from_many_threads_never_hold_a_conversation_twice_with_or_withou
         assert _seen[conversation] == sorted(_seen[conversation])
         assert len(_seen[conversation]) == 5
         assert assistant_messages(conversation) == ["ok"] * 5
+
+
+def test_a_job_knows_at_insert_whether_another_job_of_its_conversation_goes_first():
+    """``enqueue`` reads, in its INSERT, what _AHEAD_OF_J reads at claim: an older pending job or a
+    processing one puts the new job behind (its predecessor nudges or chains it); a job awaiting
+    an approval does not."""
+    from zenthor.db import database
+    from zenthor.queue import claim, enqueue
+
+    def insert(conversation: int) -> bool:
+        with database.atomic():
+            return enqueue(conversation, None).behind
+
+    conversation = make_conversation("behind")
+    assert insert(conversation) is False  # the head of an empty line
+    assert insert(conversation) is True  # behind the pending head
+    other = make_conversation("behind-busy")
+    head = make_job(other, "a")
+    assert claim(head, "worker-x") is not None
+    assert insert(other) is True  # behind the processing head
+    waiting = make_conversation("behind-asked")
+    asked = make_job(waiting, "asked")
+    execute("UPDATE agent_job SET status = 'awaiting_approval' WHERE id = %s", (asked,))
+    assert insert(waiting) is False  # a question does not hold the line
+
+
+def test_the_hand_overs_generic_plan_uses_the_partial_indexes():
+    """Prepared like the claim: the plan Postgres keeps after five executions has no values, and
+    still finds the next job and what is ahead of it through the partial indexes."""
+    import uuid
+
+    from tests.support.plans import assert_claim_probes_partial_indexes
+    from zenthor.db import database, execute_prepared
+    from zenthor.queue import jobs
+
+    conversation = make_conversation("plan")
+    execute(
+        "INSERT INTO agent_job (conversation_id, status) SELECT %s, 'done' FROM generate_series(1, 2000)",
+        (conversation,),
+    )
+    make_job(conversation)
+    execute("ANALYZE agent_job")
+    params = {"conversation_id": 0, "worker": "w", "token": str(uuid.uuid4()), "lock_ms": 1000}
+    execute_prepared(jobs._CLAIM_NEXT_PREPARED, params)  # prepared now
+    with database.atomic():
+        execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        plan = "\n".join(
+            row[0]
+            for row in execute(
+                "EXPLAIN " + jobs._CLAIM_NEXT_PREPARED.execute_sql,
+                {**params, "conversation_id": conversation},
+            )
+        )
+    assert "agent_job_pending_fifo" in plan.split("CTE taken")[0], plan  # the next job
+    assert_claim_probes_partial_indexes(plan.split("CTE taken")[1])
+
+
+@pytest.mark.parametrize("lost", ["DEALLOCATE zenthor_complete_and_hold", "DEALLOCATE zenthor_claim_next"])
+def test_a_completion_whose_prepared_statements_the_session_lost_still_completes_once(
+    settings_env,
+    counting,
+    published,
+    lost,
+):
+    """The session forgot its prepared statements behind the connection's back (an operator's
+    DISCARD, a pooler's reset): the completion's first statement fails inside its transaction,
+    which rolls back and runs again prepared afresh; a lost hand-over fails after the COMMIT went
+    through, and is sent again on its own. Either way the job completes once and the next is
+    handed over."""
+    from zenthor.actors.dispatch import process_job
+
+    settings_env(AGENT_TURN=ONE_REPLY, AGENT_JOB_CHAIN_MAX_JOBS="2")
+    conversation = make_conversation(f"lost-{lost}")
+    warm = [make_job(make_conversation(f"warm-{lost}"), f"w{n}") for n in range(2)]
+    assert process_job(warm[0]) == "done"  # both statements prepared on this connection
+    first, second = make_job(conversation, "a"), make_job(conversation, "b")
+    execute(lost)
+    counting.reset()
+    assert process_job(first) == "done"
+    trips = counting.of_thread()
+    if lost.endswith("complete_and_hold"):  # the first statement failed; the transaction ran again
+        assert trips[1:3] == [("BEGIN", "EXECUTE"), ("ROLLBACK",)], trips
+        assert trips[3] == ("BEGIN", "DEALLOCATE", "PREPARE", "EXECUTE"), trips
+    else:  # the hand-over failed after its COMMIT and was sent again on its own
+        assert trips[3:5] == [("COMMIT", "EXECUTE"), ("DEALLOCATE", "PREPARE", "EXECUTE")], trips
+    assert [status for status, _ in job_rows([first, second])] == ["done", "done"]
+    assert assistant_messages(conversation) == ["ok", "ok"]

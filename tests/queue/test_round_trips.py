@@ -17,10 +17,11 @@ from peewee import IntegrityError
 from tests.conftest import TEST_ENV
 from tests.support.factories import make_conversation, make_job
 from tests.support.plans import assert_claim_probes_partial_indexes
+from tests.support.trips import executed
 from tests.support.workers import wait_for
 from zenthor.agent.replies import write_replies
 from zenthor.agent.turn import TurnContext, TurnResult
-from zenthor.db import database, execute, execute_prepared, round_trips, transaction_then
+from zenthor.db import database, execute, execute_prepared, transaction_then
 from zenthor.models import AgentJob, OutboundMessage
 from zenthor.queue import ClaimRefused, Lease, claim, complete
 
@@ -37,30 +38,6 @@ def one_reply_turn(ctx: TurnContext) -> TurnResult:
 def three_part_turn(ctx: TurnContext) -> TurnResult:
     """A reply three outbox rows long on :data:`SPLIT_CHANNEL`."""
     return TurnResult(replies=[f"{PART}{PART}#{ctx.job_id}"])
-
-
-@pytest.fixture
-def counting():
-    # This thread's connection is open first: a pooled connection's checkout is checked with a
-    # round trip of its own (Peewee's pool), which is not what these tests count.
-    execute("SELECT 1")
-    round_trips.reset()
-    round_trips.enabled = True
-    yield round_trips
-    round_trips.enabled = False
-    round_trips.reset()
-
-
-@pytest.fixture
-def published(monkeypatch):
-    """Record every nudge instead of publishing it: (actor, row id, delay)."""
-    from zenthor.actors import publish
-
-    nudges: list[tuple[str, int, int | None]] = []
-    monkeypatch.setattr(
-        publish, "_send", lambda actor, queue, args, delay: nudges.append((actor, args[0], delay))
-    )
-    return nudges
 
 
 @pytest.fixture
@@ -89,11 +66,12 @@ def test_a_job_with_one_reply_costs_four_round_trips_and_two_nudges(settings_env
 
     assert process_job(first) == "done"
 
-    claim_trip, *completion = counting.of_thread()
-    # The claim: a prepared statement, prepared with its first EXECUTE on a new connection.
-    assert claim_trip in (("EXECUTE",), ("PREPARE", "EXECUTE"))
+    # The claim and the completion's first statement are prepared, each with its first EXECUTE
+    # on a connection.
+    claim_trip, *completion = executed(counting.of_thread())
+    assert claim_trip == ("EXECUTE",)
     assert completion == [
-        ("BEGIN", "WITH"),  # the fenced update, the conversation's lock and route
+        ("BEGIN", "EXECUTE"),  # the fenced update, the conversation's lock and route
         ("WITH",),  # the assistant message and its outbox row
         ("COMMIT", "SELECT"),  # the commit and, after it, the conversation's next job
     ]
@@ -246,7 +224,7 @@ def test_a_lost_lease_at_completion_reads_no_next_job_and_writes_nothing(countin
     counting.reset()
     with pytest.raises(LeaseLost):
         complete(lease, write=lambda held: write_replies(held.conversation_id, held.job_id, ["never"]))
-    assert counting.of_thread() == [("BEGIN", "WITH"), ("ROLLBACK",)]
+    assert executed(counting.of_thread()) == [("BEGIN", "EXECUTE"), ("ROLLBACK",)]
     assert not lease.next_job_read
     assert OutboundMessage.select().count() == 0
 
@@ -325,7 +303,7 @@ def test_a_claim_whose_plan_a_migration_made_stale_is_prepared_again(counting):
     try:
         counting.reset()
         assert isinstance(claim(jobs[1], "w"), Lease)
-        assert counting.of_thread()[-2:] == [("DEALLOCATE",), ("PREPARE", "EXECUTE")]
+        assert counting.of_thread()[-2:] == [("EXECUTE",), ("DEALLOCATE", "PREPARE", "EXECUTE")]
     finally:
         execute("ALTER TABLE agent_job ALTER COLUMN max_attempts TYPE integer")
 

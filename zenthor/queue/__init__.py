@@ -6,6 +6,7 @@ outbox, of ``outbound_message``). It calls nothing above ``zenthor.db`` and the 
 
 from zenthor.queue.jobs import (
     ClaimRefused,
+    Enqueued,
     FailOutcome,
     Lease,
     LeaseLost,
@@ -14,6 +15,7 @@ from zenthor.queue.jobs import (
     claim,
     close_awaiting,
     complete,
+    enqueue,
     enqueue_job,
     fail,
     heartbeat,
@@ -28,6 +30,7 @@ from zenthor.queue.jobs import (
 
 __all__ = [
     "ClaimRefused",
+    "Enqueued",
     "FailOutcome",
     "Lease",
     "LeaseLost",
@@ -36,6 +39,7 @@ __all__ = [
     "claim",
     "close_awaiting",
     "complete",
+    "enqueue",
     "enqueue_job",
     "fail",
     "heartbeat",

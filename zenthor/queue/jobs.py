@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 from peewee import IntegrityError, InterfaceError, OperationalError
 from psycopg2.extras import Json
 
-from zenthor.db import Prepared, database, execute, execute_prepared, transaction_then
+from zenthor.db import Prepared, PreparedStatementLost, database, execute, execute_prepared, transaction_then
 from zenthor.observability import emit
 from zenthor.observability import events as ev
 from zenthor.queue.conversations import Route, held_route, lock_conversation, lock_conversations
@@ -145,6 +145,12 @@ WITH done AS (
 SELECT done.conversation_id, held.channel, held.account_id, held.chat_id
   FROM done LEFT JOIN held ON held.id = done.conversation_id
 """
+
+# Inside the completion's transaction, as its first statement: a statement the server lost
+# aborts the transaction, and complete() runs it again (zenthor.db.PreparedStatementLost).
+_COMPLETE_AND_HOLD_PREPARED = Prepared(
+    "zenthor_complete_and_hold", _COMPLETE_AND_HOLD, {"job_id": "bigint", "token": "text", "status": "text"}
+)
 
 _RETRY = f"""
 UPDATE agent_job AS j
@@ -276,6 +282,15 @@ SELECT next.id, taken.id, taken.conversation_id, taken.message_id, taken.kind, t
        taken.attempts, taken.max_attempts, taken.locked_until
   FROM next LEFT JOIN taken ON taken.id = next.id
 """
+
+# Planned once per connection like the claim (pg_stat_statements on a private cluster during
+# bench.queue: planning was 0.46 ms of _CLAIM_NEXT's 0.65 ms and 0.20 of _COMPLETE_AND_HOLD's
+# 0.34 ms). Their partial-index predicates are literals too (tests/queue/test_chain.py).
+_CLAIM_NEXT_PREPARED = Prepared(
+    "zenthor_claim_next",
+    _CLAIM_NEXT,
+    {"conversation_id": "bigint", "worker": "text", "token": "text", "lock_ms": "bigint"},
+)
 
 # The only index a claim can collide with (I2): another job of the conversation became processing.
 _ONE_PROCESSING_INDEX = "agent_job_one_processing_per_conversation"
@@ -443,20 +458,52 @@ def enqueue_job(
     max_attempts: int | None = None,
 ) -> int:
     """Insert a pending job (inside the caller's transaction); the caller publishes after commit."""
+    return enqueue(conversation_id, message_id, kind=kind, payload=payload, max_attempts=max_attempts).job_id
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    """A job just inserted, and whether it waits behind another job of its conversation."""
+
+    job_id: int
+    # An older pending job or a processing one goes first (read in the INSERT's own snapshot).
+    # Inside a transaction that holds the conversation's lock (accept), that job is certain to
+    # nudge or chain this one when it finishes: every way a processing job ends either leaves it
+    # ahead (retry, release, requeue) or reads the next job after a commit that took the
+    # conversation's lock after ours. So a job behind needs no dispatch nudge of its own.
+    behind: bool
+
+
+_ENQUEUE = f"""
+INSERT INTO agent_job AS j (conversation_id, message_id, kind, payload, max_attempts)
+VALUES (%(conversation_id)s, %(message_id)s, %(kind)s, %(payload)s, %(max_attempts)s)
+RETURNING j.id, {_AHEAD_OF_J}
+"""
+
+
+def enqueue(
+    conversation_id: int,
+    message_id: int | None,
+    *,
+    kind: str = "turn",
+    payload: Any = None,
+    max_attempts: int | None = None,
+) -> Enqueued:
+    """Insert a pending job (inside the caller's transaction) and say whether it waits behind
+    another job of its conversation; the caller publishes after commit (see :class:`Enqueued`)."""
     rows = execute(
-        "INSERT INTO agent_job (conversation_id, message_id, kind, payload, max_attempts) "
-        "VALUES (%s, %s, %s, %s, %s) RETURNING id",
-        (
-            conversation_id,
-            message_id,
-            kind,
-            Json(payload) if payload is not None else None,
-            max_attempts or _settings().AGENT_JOB_MAX_ATTEMPTS,
-        ),
+        _ENQUEUE,
+        {
+            "conversation_id": conversation_id,
+            "message_id": message_id,
+            "kind": kind,
+            "payload": Json(payload) if payload is not None else None,
+            "max_attempts": max_attempts or _settings().AGENT_JOB_MAX_ATTEMPTS,
+        },
     )
-    job_id = rows[0][0]
+    job_id, behind = rows[0]
     emit(ev.JOB_ENQUEUED, job_id=job_id, conversation_id=conversation_id, kind=kind)
-    return job_id
+    return Enqueued(job_id, bool(behind))
 
 
 def claim(job_id: int, worker_id: str, *, lock_ms: int | None = None) -> Lease | ClaimRefused:
@@ -599,7 +646,7 @@ def complete(
 
     params = {"job_id": lease.job_id, "token": lease.token, "status": status}
     if chain_to is None:
-        then: tuple[str, Any] = (_NEXT_PENDING, (lease.conversation_id,))
+        then: tuple[str | Prepared, Any] = (_NEXT_PENDING, (lease.conversation_id,))
     else:
         settings = _settings()
         next_params = {
@@ -609,7 +656,7 @@ def complete(
             "lock_ms": settings.AGENT_JOB_LOCK_MS,
             "legacy_ms": settings.AGENT_JOB_LEGACY_WINDOW_MS,
         }
-        then = (_CLAIM_NEXT, next_params)
+        then = (_CLAIM_NEXT_PREPARED, next_params)
 
     def complete_once() -> T | None:
         # The next-job probe rides on the COMMIT's round trip and still runs after the commit: a
@@ -634,7 +681,12 @@ def complete(
             lease.chained = _lease_of(row[1:], then[1]["token"], chain_to)  # announced by its worker
         return result
 
-    return on_live_session(complete_once, operation="complete", job_id=lease.job_id)
+    try:
+        return on_live_session(complete_once, operation="complete", job_id=lease.job_id)
+    except PreparedStatementLost:
+        # The session lost its prepared statements (reset under us, or a migration made a plan
+        # stale): the transaction rolled back having written nothing; once more, prepared afresh.
+        return on_live_session(complete_once, operation="complete", job_id=lease.job_id)
 
 
 def _constraint(error: Exception) -> str | None:
@@ -656,7 +708,7 @@ def _complete_in_transaction(
     # Then, in the same statement, the conversation, before anything the turn writes: its outbox
     # rows commit in id order (I5), and the approvals it supersedes are locked after the
     # conversation, as accept locks them, so the two cannot deadlock.
-    rows = execute(_COMPLETE_AND_HOLD, params)
+    rows = execute_prepared(_COMPLETE_AND_HOLD_PREPARED, params, in_transaction=True)
     if not rows:
         lease.mark_lost("complete")
         raise LeaseLost(lease.job_id, "complete")
