@@ -7,8 +7,10 @@ OpenAI-compatible model on 127.0.0.1 that answers every request after a fixed de
 thread count N, N threads run the real dispatch path (``process_job``: claim, the agent turn with
 its HTTP call to the model, token-fenced completion with the reply and its outbox row) over one
 job per conversation. The baseline, measured in the same run, is the ideal for a model-bound
-system: N / delay turns per second. Prints turns/s, the ratio to that ideal, and the process's
-resident memory added per thread (peak RSS during the run minus RSS before it, over N).
+system: N / delay turns per second. Prints turns/s, the ratio to that ideal, the process's
+resident memory added per thread (peak RSS during the run minus RSS before it, over N), and the
+CPU time of a turn (``process_job``'s own thread, so neither the fake model server, which runs in
+this process, nor the RSS sampler is counted).
 """
 
 from __future__ import annotations
@@ -73,26 +75,34 @@ def make_jobs(count: int, tag: str) -> list[int]:
     return ids
 
 
-def run(threads: int, turns: int, tag: str) -> tuple[float, int, int]:
-    """(turns per second, RSS KiB added per thread, turns that did not finish as done)."""
+def run(threads: int, turns: int, tag: str) -> tuple[float, int, int, float]:
+    """(turns per second, RSS KiB added per thread, turns that did not finish as done, CPU ms per turn)."""
     from zenthor.actors.dispatch import process_job
     from zenthor.db import database
 
     jobs = make_jobs(turns, tag)
     before = rss_kib()
 
+    cpu_lock = threading.Lock()
+    cpu = 0.0
+
     def one(job_id: int) -> str:
+        nonlocal cpu
+        started = time.thread_time()
         try:
             return process_job(job_id)
         finally:
             database.close()  # give the pooled connection back, as the worker middleware does
+            spent = time.thread_time() - started
+            with cpu_lock:
+                cpu += spent
 
     with PeakRss() as peak, ThreadPoolExecutor(max_workers=threads) as pool:
         started = time.perf_counter()
         outcomes = list(pool.map(one, jobs))
         elapsed = time.perf_counter() - started
     failed = sum(1 for outcome in outcomes if outcome != "done")
-    return turns / elapsed, max(peak.peak - before, 0) // threads, failed
+    return turns / elapsed, max(peak.peak - before, 0) // threads, failed, cpu * 1000 / turns
 
 
 def main() -> int:
@@ -113,14 +123,15 @@ def main() -> int:
             print(f"fake model delay {args.delay_ms} ms; baseline = ideal model-bound rate threads/delay")
             print(
                 f"{'threads':>7} {'turns':>6} {'turns/s':>9} {'ideal/s':>9} {'ratio':>6} {'KiB/thread':>11} {'failed':>6}"
+                f" {'CPU ms/turn':>11}"
             )
             for threads in thread_counts:
                 turns = max(threads * args.turns_per_thread, 8)
-                rate, kib_per_thread, failed = run(threads, turns, f"t{threads}")
+                rate, kib_per_thread, failed, cpu_ms = run(threads, turns, f"t{threads}")
                 ideal = threads / (args.delay_ms / 1000.0)
                 print(
                     f"{threads:>7} {turns:>6} {rate:>9.1f} {ideal:>9.1f} {rate / ideal:>6.2f} "
-                    f"{kib_per_thread:>11} {failed:>6}"
+                    f"{kib_per_thread:>11} {failed:>6} {cpu_ms:>11.2f}"
                 )
     return 0
 

@@ -42,6 +42,7 @@ from zenthor.agent.approvals import (
 from zenthor.agent.context import (
     HISTORY_MAX_MESSAGES,
     fit_to_window,
+    load_conversation,
     load_history,
     report_compaction,
 )
@@ -57,7 +58,7 @@ from zenthor.agent.toolbox import (
     tool_schemas,
 )
 from zenthor.db import execute, give_back
-from zenthor.models import Conversation, Message, ToolApproval
+from zenthor.models import Message, ToolApproval
 from zenthor.observability import emit
 from zenthor.observability import events as ev
 
@@ -123,7 +124,7 @@ class AgentLoop:
         self.client = client
         self.registry = registry
         self.settings = settings
-        self.conversation = Conversation.get_by_id(ctx.conversation_id)
+        self.conversation = load_conversation(ctx.conversation_id)
         self.tools = registry.openai_tools()
         self.schemas = tool_schemas(self.tools)
         self.names = set(registry.tool_names())
