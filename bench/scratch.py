@@ -80,6 +80,40 @@ class Scratch:
             if self.rabbitmq:
                 services.delete_vhost(self.name)
 
+    def _admin_query(self, sql: str, params: tuple = ()) -> list[tuple] | None:
+        """Run ``sql`` on the admin database; None when it fails (no pg_stat_statements there)."""
+        import psycopg2
+
+        try:
+            with psycopg2.connect(self.admin_url) as conn, conn.cursor() as cursor:
+                cursor.execute(sql, params)
+                return cursor.fetchall() if cursor.description else []
+        except psycopg2.Error:
+            return None
+
+    def reset_statement_stats(self) -> bool:
+        """Forget this database's ``pg_stat_statements`` entries; False when the server has none
+        (the extension must be preloaded and created in the admin database, see bench/README.md)."""
+        return (
+            self._admin_query(
+                "SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database WHERE datname = %s), 0)",
+                (self.name,),
+            )
+            is not None
+        )
+
+    def statement_stats(self, limit: int = 8) -> list[tuple] | None:
+        """This database's costliest statements since the reset: (calls, mean planning ms, plans,
+        mean execution ms, total ms, the statement's start); None without pg_stat_statements."""
+        return self._admin_query(
+            "SELECT calls, total_plan_time / greatest(plans, 1), plans, mean_exec_time,"
+            "       total_plan_time + total_exec_time, left(regexp_replace(query, '\\s+', ' ', 'g'), 70)"
+            "  FROM pg_stat_statements"
+            " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = %s)"
+            " ORDER BY total_plan_time + total_exec_time DESC LIMIT %s",
+            (self.name, limit),
+        )
+
     def _close_connections(self) -> None:
         """Close the broker (if it was ever made) and the database pool; teardown goes on regardless."""
         if self.rabbitmq and "zenthor.broker" in sys.modules:
