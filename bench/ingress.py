@@ -2,6 +2,7 @@
 
     python -m bench.ingress [--messages 2000] [--chats 200] [--senders 32] [--half-seconds 10]
                             [--storm-unique 10000] [--storm-copies 10] [--worker-processes 2]
+                            [--worker-threads 8] [--gateway-workers 1] [--gateway-only]
 
 Runs in a fresh Postgres database and RabbitMQ vhost of its own (dropped at the end), with real
 processes: ``zenthor gateway`` and ``dramatiq zenthor.actors`` (placeholder turn), and a fake
@@ -16,6 +17,9 @@ callback server in this process that receives the replies.
    16 threads calling accept() as ``zenthor replay`` does); dedupe rate, and double processing
    (more than one user message, job or reply for one inbound) which must be zero.
 
+``--gateway-only`` measures the accept path alone instead: ``--messages`` POSTs answered per second
+and the gateway's CPU per POST, with no worker running.
+
 Baseline, in the same run: the bare Postgres floor, one INSERT of a message row per transaction
 from the same number of threads; accept()'s rate in the storm is printed as a ratio of it.
 """
@@ -27,6 +31,7 @@ import json
 import os
 import random
 import re
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +51,30 @@ scratch = Scratch(
     },
 )
 MARK = re.compile(r"\b(b\d+-\d+)$")
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        # A worker closing an idle keep-alive connection resets it: not an error of the bench.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of process ``pid`` and its children (uvicorn workers)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    try:
+        children = open(f"/proc/{pid}/task/{pid}/children").read().split()
+    except OSError:
+        children = []
+    for each in [pid, *map(int, children)]:
+        try:
+            fields = open(f"/proc/{each}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
 
 
 class Callback:
@@ -80,7 +109,7 @@ class Callback:
             def log_message(self, *args) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/cb"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
@@ -266,6 +295,25 @@ def storm(unique: int, copies: int, threads: int) -> dict:
     }
 
 
+def gateway_only(post, gateway_pid: int, args: argparse.Namespace) -> None:
+    """The accept path alone: signed POSTs as fast as the gateway answers them (the jobs stay
+    pending: no worker runs), with the gateway's CPU per POST (all its processes)."""
+    with ThreadPoolExecutor(max_workers=args.senders) as pool:
+        list(pool.map(lambda i: post(f"w-{i}", f"chat-{i % args.chats}"), range(300)))  # warm up
+        cpu_before = process_cpu_s(gateway_pid)
+        started = time.perf_counter()
+        codes = list(pool.map(lambda i: post(f"g-{i}", f"chat-{i % args.chats}"), range(args.messages)))
+        elapsed = time.perf_counter() - started
+        cpu_ms = (process_cpu_s(gateway_pid) - cpu_before) * 1000 / args.messages
+    print(
+        f"0. gateway only: {args.messages} POSTs, {args.chats} chats, {args.senders} senders, "
+        f"gateway workers {args.gateway_workers}"
+    )
+    print(f"   accepted (202)     {codes.count(202)}")
+    print(f"   ingress rate       {args.messages / elapsed:8.1f} msg/s (POSTs answered)")
+    print(f"   gateway CPU        {cpu_ms:8.2f} ms per POST (all its processes)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=2000)
@@ -276,7 +324,12 @@ def main() -> int:
     parser.add_argument("--storm-copies", type=int, default=10)
     parser.add_argument("--worker-processes", type=int, default=2)
     parser.add_argument("--worker-threads", type=int, default=8)
-    parser.add_argument("--gateway-workers", type=int, default=1)
+    parser.add_argument("--gateway-workers", type=int, default=1, help="uvicorn processes of the gateway")
+    parser.add_argument(
+        "--gateway-only",
+        action="store_true",
+        help="only the gateway's accept path: POSTs answered per second and its CPU, no worker",
+    )
     args = parser.parse_args()
 
     from tests.ingress.helpers import GatewayProcess
@@ -288,6 +341,10 @@ def main() -> int:
     with scratch.services():
         try:
             env = {"LOG_LEVEL": "WARNING", "WEBHOOK_CALLBACK_URL": callback.url}
+            if args.gateway_only:
+                gateway = GatewayProcess(env, workers=args.gateway_workers)
+                gateway_only(post_factory(gateway.url), gateway.proc.pid, args)
+                return 0
             worker = WorkerProcess(
                 "bench-worker", threads=args.worker_threads, processes=args.worker_processes, env=env
             )
@@ -295,12 +352,16 @@ def main() -> int:
             post = post_factory(gateway.url)
             throughput(post, callback, 100, 20, 8, tag="b0")  # warm up connections and imports
 
+            cpu_before = process_cpu_s(gateway.proc.pid)
             t = throughput(post, callback, args.messages, args.chats, args.senders)
+            gateway_cpu_ms = (process_cpu_s(gateway.proc.pid) - cpu_before) * 1000 / args.messages
             print(
-                f"1. webhook in -> callback out: {args.messages} messages, {args.chats} chats, {args.senders} senders"
+                f"1. webhook in -> callback out: {args.messages} messages, {args.chats} chats, {args.senders} senders, "
+                f"gateway workers {args.gateway_workers}"
             )
             print(f"   accepted (202)     {t['accepted']}   all replied: {t['complete']}")
             print(f"   ingress rate       {t['ingress_rate']:8.1f} msg/s (POSTs answered)")
+            print(f"   gateway CPU        {gateway_cpu_ms:8.2f} ms per POST (all its processes)")
             print(
                 f"   end-to-end rate    {t['e2e_rate']:8.1f} msg/s   (target >= 500: ratio {t['e2e_rate'] / 500:.2f})"
             )

@@ -30,7 +30,7 @@ class Settings(BaseSettings):
 
     # --- infrastructure -------------------------------------------------------------------
     DATABASE_URL: str = "postgresql://postgres@127.0.0.1:5432/zenthor"
-    DATABASE_POOL_SIZE: int = Field(default=20, ge=1)
+    DATABASE_POOL_SIZE: int = Field(default=8, ge=1)
     RABBITMQ_URL: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
     # AMQP connection heartbeat (seconds), added to RABBITMQ_URL when the URL does not set one.
     RABBITMQ_HEARTBEAT_S: int = Field(default=30, ge=0)
@@ -168,6 +168,8 @@ class Settings(BaseSettings):
     WEBHOOK_ALLOW_FROM: str = ""
     GATEWAY_HOST: str = "127.0.0.1"
     GATEWAY_PORT: int = Field(default=8080, ge=1, le=65535)
+    # uvicorn processes of `zenthor gateway` when --workers is not given.
+    GATEWAY_WORKERS: int = Field(default=1, ge=1, le=64)
 
     # --- observability --------------------------------------------------------------------
     LOG_FORMAT: Literal["json", "console"] = "json"

@@ -94,12 +94,44 @@ def test_failure_in_job_creation_rolls_back_the_key(monkeypatch):
     def broken_enqueue(*args, **kwargs):
         raise RuntimeError("injected: agent_job insert failed")
 
-    monkeypatch.setattr(accept_module, "enqueue_job", broken_enqueue)
+    monkeypatch.setattr(accept_module, "enqueue", broken_enqueue)
     with pytest.raises(RuntimeError):
         accept(inbound(), publish=lambda _: True)
     monkeypatch.undo()
     assert count("inbound_dedupe") == 0 and count("message") == 0
     assert accept(inbound(), publish=lambda _: True).status == "accepted"
+
+
+def test_a_job_behind_another_of_its_chat_gets_no_nudge_of_its_own():
+    """Its predecessor nudges or hands it over when it finishes (issue 13, item 3): one publish
+    per burst, not one per message. Another chat's first message is published as ever."""
+    published: list[int] = []
+    first = accept(inbound("one", message_id="m-1"), publish=no_publish(published))
+    second = accept(inbound("two", message_id="m-2"), publish=no_publish(published))
+    other = accept(inbound("elsewhere", message_id="m-3", chat_id="chat-2"), publish=no_publish(published))
+    assert (first.behind, second.behind, other.behind) == (False, True, False)
+    assert published == [first.job_id, other.job_id]
+    assert second.published is None
+
+
+def test_a_burst_whose_later_messages_get_no_nudge_is_answered_in_order(worker, settings_env):
+    """Real RabbitMQ and a real worker: only the first of five messages of a chat is published,
+    and the completions hand over (or nudge) the rest; each is answered once, in order."""
+    from tests.support.factories import assistant_messages
+    from tests.support.workers import wait_for
+    from zenthor.actors.publish import publish_dispatch
+    from zenthor.models import AgentJob
+
+    settings_env(AGENT_TURN="tests.support.turns:scripted_turn")
+    results = [accept(inbound(f"m{n}", message_id=f"burst-{n}"), publish=publish_dispatch) for n in range(5)]
+    assert [r.behind for r in results] == [False, True, True, True, True]
+    jobs = [r.job_id for r in results]
+    wait_for(
+        lambda: {j.status for j in AgentJob.select().where(AgentJob.id.in_(jobs))} == {"done"},
+        30,
+        message="every job of the burst done",
+    )
+    assert assistant_messages(results[0].conversation_id) == [f"done: m{n}" for n in range(5)]
 
 
 def test_a_failed_publish_keeps_the_job_pending_for_the_sweep():

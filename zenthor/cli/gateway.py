@@ -30,11 +30,15 @@ def build_app() -> Starlette:
 @click.option("--host", default=None, help="Listen address (default: GATEWAY_HOST).")
 @click.option("--port", type=int, default=None, help="Listen port (default: GATEWAY_PORT).")
 @click.option(
-    "--workers", type=click.IntRange(1, 64), default=1, show_default=True, help="uvicorn processes."
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="uvicorn processes (default: GATEWAY_WORKERS, 1 unless set).",
 )
-def gateway_command(host: str | None, port: int | None, workers: int) -> None:
+def gateway_command(host: str | None, port: int | None, workers: int | None) -> None:
     """Serve POST /v1/webhook/{account_id}/messages, GET /healthz, GET /metrics and GET /openapi.json."""
     settings = bootstrap("gateway", long_running=True)
+    workers = workers or settings.GATEWAY_WORKERS
     accounts = check_secret_key_or_exit(settings)
     if not settings.WEBHOOK_SECRET and not accounts:
         # Both unset (one alone is refused by the settings) and no account: nothing to verify with.

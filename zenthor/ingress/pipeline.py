@@ -6,12 +6,17 @@ The dedupe key, the message and the job commit together, so a crash (or an error
 between) leaves nothing behind and a retry of the same message is accepted, not skipped. After
 commit the dispatch nudge is published; if that publish fails the job stays pending and the sweep
 re-publishes it (I6).
+
+Round trips (issue 13): the caller's precondition, the dedupe key and the contact upsert are one
+statement (the transaction's ``BEGIN`` rides on it), and an existing conversation is locked and
+the user message stored by another.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from zenthor.db import database, execute
 from zenthor.ingress.answers import AnswerRequest, find_answer
@@ -20,12 +25,14 @@ from zenthor.ingress.message import InboundMessage
 from zenthor.ingress.policy import ContactPolicy, policy_for
 from zenthor.observability import emit
 from zenthor.observability import events as ev
-from zenthor.queue import enqueue_job
+from zenthor.queue import enqueue
 from zenthor.queue.conversations import lock_conversation
 from zenthor.settings import get_settings
 
 Publisher = Callable[[int], object]
 Admit = Callable[[InboundMessage], None]
+Precondition = tuple[str, dict[str, Any]]
+"""A SQL boolean expression with its named parameters (``%(name)s``), checked by :func:`accept`."""
 
 ACCEPTED, DUPLICATE, ANSWER, IGNORED, NOTICE = "accepted", "duplicate", "answer", "ignored", "notice"
 
@@ -35,6 +42,34 @@ ON CONFLICT ON CONSTRAINT contact_channel_account_sender_key DO UPDATE
    SET last_seen_at = now(), display_name = coalesce(EXCLUDED.display_name, contact.display_name)
 RETURNING allowed
 """
+
+# The caller's precondition, the dedupe key and the contact in one round trip. The key goes in only
+# when the precondition holds, the contact only when the key went in (a duplicate touches nothing):
+# the contact's INSERT reads the key's RETURNING rows, so Postgres runs the key's INSERT first,
+# and a concurrent insert of the same key is waited for exactly as by record_key().
+_KEY_AND_CONTACT = """
+WITH pre AS (SELECT ({precondition}) AS ok),
+key AS (
+    INSERT INTO inbound_dedupe (channel, account_id, provider_message_id)
+    SELECT %(channel)s, %(account)s, %(key)s FROM pre WHERE pre.ok
+    ON CONFLICT ON CONSTRAINT inbound_dedupe_key DO NOTHING
+    RETURNING id
+),
+upserted AS (
+    INSERT INTO contact (channel, account_id, sender_id, display_name)
+    SELECT %(channel)s, %(account)s, %(sender)s, %(name)s::text FROM key
+    ON CONFLICT ON CONSTRAINT contact_channel_account_sender_key DO UPDATE
+       SET last_seen_at = now(), display_name = coalesce(EXCLUDED.display_name, contact.display_name)
+    RETURNING allowed
+)
+SELECT pre.ok, EXISTS (SELECT 1 FROM key), (SELECT allowed FROM upserted) FROM pre
+"""
+
+
+class PreconditionFailed(Exception):
+    """:func:`accept`'s precondition was false: nothing was written (the caller decides again
+    with fresh data, e.g. a webhook account that changed since it was cached)."""
+
 
 _INSERT_CONVERSATION = """
 INSERT INTO conversation (channel, account_id, chat_id) VALUES (%s, %s, %s)
@@ -65,6 +100,9 @@ class AcceptResult:
     job_id: int | None = None
     reason: str | None = None
     published: bool | None = None
+    # The job waits behind another job of its conversation, which nudges or hands it over when it
+    # finishes: no dispatch nudge of its own is published (issue 13, item 3).
+    behind: bool = False
 
 
 def accept(
@@ -73,6 +111,7 @@ def accept(
     publish: Publisher | None = None,
     policy: ContactPolicy | None = None,
     admit: Admit | None = None,
+    precondition: Precondition | None = None,
 ) -> AcceptResult:
     """Accept ``message`` once; publish its job's dispatch nudge after commit.
 
@@ -82,15 +121,19 @@ def accept(
     channel's contact policy (a webhook account's own); ``admit`` runs in the transaction once the
     message is known to be new and allowed by the policy (ignored messages never reach it; turns
     and approval answers do), and may raise to refuse it with nothing stored (a cost limit).
+    ``precondition`` is checked by the transaction's first statement, before the dedupe key (so
+    before a duplicate is recognised): when false, :class:`PreconditionFailed` is raised and
+    nothing is written (the gateway checks that the account it verified the signature with is
+    still the stored one).
     """
     if database.in_transaction():
         raise RuntimeError("accept() must run outside a transaction: it commits before publishing")
     key = message.dedupe_key()
     policy = policy or policy_for(message.channel, get_settings())
     with database.atomic():
-        result = _accept_in_transaction(message, key, policy, admit)
+        result = _accept_in_transaction(message, key, policy, admit, precondition)
     _emit(message, key, result)
-    if result.job_id is None:
+    if result.job_id is None or result.behind:
         return result
     publisher = publish or _default_publisher()
     published = publisher(result.job_id)
@@ -104,12 +147,23 @@ def accept(
     )
 
 
-def _accept_in_transaction(message: InboundMessage, key: str, policy, admit: Admit | None) -> AcceptResult:
-    if not record_key(message.channel, message.account_id, key):
+def _accept_in_transaction(
+    message: InboundMessage, key: str, policy, admit: Admit | None, precondition: Precondition | None
+) -> AcceptResult:
+    condition, condition_params = precondition or ("TRUE", {})
+    params = {
+        **condition_params,
+        "channel": message.channel,
+        "account": message.account_id,
+        "key": key,
+        "sender": message.sender_id,
+        "name": message.sender_name,
+    }
+    ((holds, new, operator_allowed),) = execute(_KEY_AND_CONTACT.format(precondition=condition), params)
+    if not holds:
+        raise PreconditionFailed(f"accept() precondition does not hold (nothing written): {condition}")
+    if not new:
         return AcceptResult(DUPLICATE)
-    (operator_allowed,) = execute(
-        _UPSERT_CONTACT, (message.channel, message.account_id, message.sender_id, message.sender_name)
-    )[0]
     if not policy.allows(message.sender_id, already_allowed=operator_allowed):
         # The key stays recorded, so the provider's retries of this message are duplicates.
         return AcceptResult(IGNORED, reason=f"policy_{policy.mode}")
@@ -118,25 +172,25 @@ def _accept_in_transaction(message: InboundMessage, key: str, policy, admit: Adm
         # turn) pays: an ignored sender costs no model call, so it spends no token and keeps
         # getting 202 ignored. Raising rolls back the dedupe key and the contact with it.
         admit(message)
-    conversation_id = _conversation_id(message)
-    # Serialise accepts of one conversation until commit, so ids (the FIFO order of its jobs)
-    # follow commit order even when several senders write to one group chat at once. NO KEY
-    # UPDATE does not block the foreign-key checks of other writers to this conversation.
-    lock_conversation(conversation_id)
-    # sent_at is the sender's time, kept for context and audit; turns follow acceptance order.
-    (message_id,) = execute(
-        _INSERT_MESSAGE,
-        (conversation_id, message.text, message.sender_id, message.provider_message_id, message.sent_at),
-    )[0]
+    conversation_id, message_id = _store_message(message)
     # The one place where a message can be the answer to a pending question (tool approvals)
     # instead of the start of a turn. The handler writes in this same transaction.
     outcome = find_answer(AnswerRequest(conversation_id, message_id, message.sender_id, message.text))
     if outcome is not None and not outcome.start_turn:
         return AcceptResult(ANSWER, conversation_id, message_id, outcome.job_id, outcome.reason)
     # A turn, also when a handler settled a question this message did not answer (superseded).
-    job_id = enqueue_job(conversation_id, message_id)
-    execute("UPDATE message SET job_id = %s WHERE id = %s", (job_id, message_id))
-    return AcceptResult(ACCEPTED, conversation_id, message_id, job_id, outcome.reason if outcome else None)
+    # Under the conversation's lock (taken by _store_message): a job behind another is certain to
+    # be nudged or handed over by it (queue.Enqueued), so it needs no nudge of its own.
+    enqueued = enqueue(conversation_id, message_id)
+    execute("UPDATE message SET job_id = %s WHERE id = %s", (enqueued.job_id, message_id))
+    return AcceptResult(
+        ACCEPTED,
+        conversation_id,
+        message_id,
+        enqueued.job_id,
+        outcome.reason if outcome else None,
+        behind=enqueued.behind,
+    )
 
 
 _SELECT_CONVERSATION = "SELECT id FROM conversation WHERE channel = %s AND account_id = %s AND chat_id = %s"
@@ -177,6 +231,56 @@ def accept_notice(message: InboundMessage, reply: str | None) -> AcceptResult:
                 (conversation_id, message.channel, message.account_id, message.chat_id, reply),
             )
     return AcceptResult(NOTICE, conversation_id, outbound_id)
+
+
+# An existing conversation locked and the user message stored in one round trip (no row: the
+# conversation is new). sent_at is the sender's time, kept for context and audit; turns follow
+# acceptance order.
+_LOCK_AND_INSERT_MESSAGE = """
+WITH conv AS (
+    SELECT id FROM conversation
+     WHERE channel = %(channel)s AND account_id = %(account)s AND chat_id = %(chat)s
+       FOR NO KEY UPDATE
+)
+INSERT INTO message (conversation_id, role, content, sender_id, provider_message_id, sent_at, created_at)
+SELECT conv.id, 'user', %(text)s::text, %(sender)s::text, %(provider_id)s::text, %(sent_at)s::timestamptz, now()
+  FROM conv
+RETURNING conversation_id, id
+"""
+
+
+def _store_message(message: InboundMessage) -> tuple[int, int]:
+    """The conversation (held ``FOR NO KEY UPDATE`` until commit, as
+    :func:`~zenthor.queue.conversations.lock_conversation` holds it) and the stored user message.
+
+    The lock serialises accepts of one conversation until commit, so ids (the FIFO order of its
+    jobs) follow commit order even when several senders write to one group chat at once. NO KEY
+    UPDATE does not block the foreign-key checks of other writers to this conversation.
+    """
+    rows = execute(
+        _LOCK_AND_INSERT_MESSAGE,
+        {
+            "channel": message.channel,
+            "account": message.account_id,
+            "chat": message.chat_id,
+            "text": message.text,
+            "sender": message.sender_id,
+            "provider_id": message.provider_message_id,
+            "sent_at": message.sent_at,
+        },
+    )
+    if rows:
+        return rows[0][0], rows[0][1]
+    # No such conversation a moment ago: create it (or, if another transaction just did, take its id).
+    key = (message.channel, message.account_id, message.chat_id)
+    created = execute(_INSERT_CONVERSATION, key) or execute(_SELECT_CONVERSATION, key)
+    conversation_id = created[0][0]
+    lock_conversation(conversation_id)
+    (message_id,) = execute(
+        _INSERT_MESSAGE,
+        (conversation_id, message.text, message.sender_id, message.provider_message_id, message.sent_at),
+    )[0]
+    return conversation_id, message_id
 
 
 def _conversation_id(message: InboundMessage) -> int:

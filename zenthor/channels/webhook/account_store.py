@@ -54,21 +54,55 @@ def _entry(secret: str, now: datetime, settings: Settings | None, expires_at: da
     }
 
 
+@dataclass(frozen=True)
+class Versioned:
+    """An account as read, with what tells whether it is still the stored one: ``version`` is a
+    hash of the whole row, ``live_until`` the earliest ``expires_at`` of its live secrets (None:
+    none expires), both compared on the database (:data:`STILL_STORED`)."""
+
+    account: StoredAccount
+    version: str
+    live_until: datetime | None
+
+
+# The row is unchanged (any UPDATE of any column changes the hash, a removal drops the row) and no
+# secret live when it was read has expired since, on the database's clock. The parameters are
+# named for a statement that carries other parameters too.
+VERSION_OF_ROW = "md5(webhook_account::text)"
+STILL_STORED = (
+    "EXISTS (SELECT 1 FROM webhook_account WHERE account_id = %(stored_account)s "
+    f"AND {VERSION_OF_ROW} = %(stored_version)s) "
+    "AND (%(stored_live_until)s::timestamptz IS NULL OR %(stored_live_until)s::timestamptz > now())"
+)
+STILL_ABSENT = "NOT EXISTS (SELECT 1 FROM webhook_account WHERE account_id = %(stored_account)s)"
+
+
 def load(account_id: str, settings: Settings | None = None) -> StoredAccount | None:
     """The account ``account_id`` with its live secrets, or None (reads Postgres)."""
+    versioned = load_versioned(account_id, settings)
+    return versioned.account if versioned is not None else None
+
+
+def load_versioned(account_id: str, settings: Settings | None = None) -> Versioned | None:
+    """:func:`load` with the row's version and the time its first live secret expires, so a
+    cached copy can be checked (:data:`STILL_STORED`) without reading it again."""
     rows = execute(
-        "SELECT secrets, callback_url, contact_policy, allow_from, now() FROM webhook_account "
-        "WHERE account_id = %s",
+        f"SELECT secrets, callback_url, contact_policy, allow_from, now(), {VERSION_OF_ROW} "
+        "FROM webhook_account WHERE account_id = %s",
         (account_id,),
     )
     if not rows:
         return None
-    entries, callback_url, policy, allow_from, now = rows[0]
+    entries, callback_url, policy, allow_from, now, version = rows[0]
     settings = settings or get_settings()
-    secrets = tuple(
-        secret_box.decrypt(e["secret"], settings, account_id=account_id) for e in _live(entries, now)
+    live = _live(entries, now)
+    secrets = tuple(secret_box.decrypt(e["secret"], settings, account_id=account_id) for e in live)
+    expiries = [datetime.fromisoformat(e["expires_at"]) for e in live if e.get("expires_at")]
+    return Versioned(
+        StoredAccount(account_id, secrets, callback_url, policy, allow_from),
+        version,
+        min(expiries) if expiries else None,
     )
-    return StoredAccount(account_id, secrets, callback_url, policy, allow_from)
 
 
 def check_secret_key(settings: Settings | None = None) -> int:

@@ -5,6 +5,13 @@ unknown), the Standard Webhooks signature (401 naming the failed check), JSON (4
 (422) before anything is written, then calls :func:`~zenthor.ingress.accept` in a worker thread:
 202 accepted, 200 duplicate. accept is one transaction, so nothing is half-written on any error;
 a database outage answers 503 so the caller retries. ``GET /openapi.json`` describes the API.
+
+The accept path is one short transaction and one publish (issue 13): accounts come from a
+per-process cache that the accept transaction itself checks against the stored row (see
+:mod:`~zenthor.channels.webhook.accounts`; an answer the cached copy alone would give, a 401, 400
+or 422, is given only after a fresh read agrees), and database work runs on threads that keep
+their connection (:mod:`~zenthor.channels.webhook.db_threads`), so a request checks nothing out
+of the pool and reads nothing but what accept writes.
 """
 
 from __future__ import annotations
@@ -12,7 +19,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,13 +37,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from zenthor.channels.webhook import signing
-from zenthor.channels.webhook.accounts import WebhookAccount, find_account
+from zenthor.channels.webhook.accounts import AccountCache, Cached, WebhookAccount, load_account
+from zenthor.channels.webhook.db_threads import DbThreads, thread_count
 from zenthor.channels.webhook.openapi import MAX_BODY_BYTES, openapi_document
 from zenthor.channels.webhook.secret_box import SecretKeyError
 from zenthor.channels.webhook.sender_limit import SenderOverLimit, sender_limit
 from zenthor.channels.webhook.validation import BodyError, FieldError, parse_body, to_inbound
 from zenthor.db import database
 from zenthor.ingress import DUPLICATE, IGNORED, AcceptResult, InboundMessage, accept
+from zenthor.ingress.pipeline import PreconditionFailed
 from zenthor.observability import emit
 from zenthor.observability import events as ev
 from zenthor.observability.channel_metrics import AccountsCollector
@@ -44,12 +55,37 @@ from zenthor.queue.stats import queue_depth
 from zenthor.settings import Settings, get_settings
 
 MAX_ACCOUNT_ID_LENGTH = 128
+# Reads of one account per request at most: the cached copy, then fresh reads while the account
+# keeps changing under the request (an operator rotating again and again), then 503.
+_ACCOUNT_READS = 3
 
 _logger = logging.getLogger(__name__)
+
+_DB_ERRORS = (OperationalError, InterfaceError, MaxConnectionsExceeded)
 
 
 class _TooLarge(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    """An error answer not yet given (:func:`_reject` gives it and logs it once)."""
+
+    status: int
+    error: str
+    field: str | None = None
+    check: str | None = None
+    header: str | None = None
+    extra_headers: dict[str, str] | None = None
+
+
+# The three success bodies, rendered once (what JSONResponse would render for each).
+def _status_response(status: str, code: int) -> Response:
+    return Response(b'{"status":"' + status.encode() + b'"}', status_code=code, media_type="application/json")
+
+
+_UNAVAILABLE = _Refusal(503, "database unavailable; retry later")
 
 
 def create_app(
@@ -62,6 +98,8 @@ def create_app(
     asked for the dispatch queue's consumers by /healthz (the command passes the real ones)."""
     settings = settings or get_settings()
     admit = sender_limit(settings.WEBHOOK_SENDER_RATE_PER_MIN, settings.WEBHOOK_SENDER_BURST)
+    accounts = AccountCache()
+    db_threads = DbThreads(thread_count(settings.DATABASE_POOL_SIZE), broker=broker)
     queue_registry = CollectorRegistry(auto_describe=False)
     queue_registry.register(_QueueCollector())
     queue_registry.register(AccountsCollector(lambda: accounts_snapshot("whatsapp")))
@@ -71,57 +109,89 @@ def create_app(
         try:
             body = await _read_limited(request, MAX_BODY_BYTES)
         except _TooLarge:
-            return _reject(account_id, 413, f"body is larger than {MAX_BODY_BYTES} bytes")
+            return _reject(account_id, _Refusal(413, f"body is larger than {MAX_BODY_BYTES} bytes"))
         if not account_id.strip() or len(account_id) > MAX_ACCOUNT_ID_LENGTH:
-            return _reject(account_id, 422, "account_id: must be 1 to 128 characters", field="account_id")
-        if "\x00" in account_id:  # Postgres text cannot hold NUL: refused before any lookup
-            return _reject(account_id, 422, "account_id: must not contain NUL characters", field="account_id")
-        try:
-            account = await run_in_threadpool(_find_account_in_thread, account_id, settings)
-        except (OperationalError, InterfaceError, MaxConnectionsExceeded) as error:
-            _logger.error("database unavailable: %s", str(error)[:200], extra={"event": "gateway.db_error"})
-            return _reject(account_id, 503, "database unavailable; retry later")
-        except SecretKeyError as error:
-            # A misconfigured gateway (the start-up check passed, the key changed since): the
-            # sender should retry later; the operator reads the cause in the log.
-            _logger.error("%s", error, extra={"event": "gateway.secret_key_error"})
-            return _reject(account_id, 503, "this account's secrets cannot be read; retry later")
-        if account is None:
             return _reject(
-                account_id,
-                404,
-                "unknown account: no webhook account has this id (`zenthor webhook add-account`)",
-                check="unknown_account",
+                account_id, _Refusal(422, "account_id: must be 1 to 128 characters", field="account_id")
             )
-        try:
-            _check_signature(account, body, request.headers, settings)
-        except signing.SignatureError as error:
-            return _reject(account_id, 401, str(error), check=error.check, header=error.header)
-        try:
-            message = to_inbound(account_id, parse_body(body))
-        except BodyError as error:
-            return _reject(account_id, 400, str(error))
-        except FieldError as error:
-            return _reject(account_id, 422, str(error), field=error.field)
-        try:
-            result = await run_in_threadpool(_accept_in_thread, message, publish, account, admit)
-        except SenderOverLimit as error:
+        if "\x00" in account_id:  # Postgres text cannot hold NUL: refused before any lookup
             return _reject(
-                account_id,
+                account_id, _Refusal(422, "account_id: must not contain NUL characters", field="account_id")
+            )
+        cached = accounts.get(account_id)
+        from_cache = cached is not None
+        for _ in range(_ACCOUNT_READS):
+            if cached is None:
+                try:
+                    cached = await db_threads.run(load_account, account_id, settings)
+                except _DB_ERRORS as error:
+                    _log_db_error(error)
+                    return _reject(account_id, _UNAVAILABLE)
+                except SecretKeyError as error:
+                    # A misconfigured gateway (the start-up check passed, the key changed since): the
+                    # sender should retry later; the operator reads the cause in the log.
+                    _logger.error("%s", error, extra={"event": "gateway.secret_key_error"})
+                    return _reject(
+                        account_id, _Refusal(503, "this account's secrets cannot be read; retry later")
+                    )
+                accounts.put(account_id, cached)
+                from_cache = False
+                if cached is None:
+                    return _reject(
+                        account_id,
+                        _Refusal(
+                            404,
+                            "unknown account: no webhook account has this id (`zenthor webhook add-account`)",
+                            check="unknown_account",
+                        ),
+                    )
+            answer, checked = await answer_with(cached, body, request.headers)
+            if answer is not None and (checked or not from_cache):
+                return answer if isinstance(answer, Response) else _reject(account_id, answer)
+            # The account changed since it was read (answer None), or the cached copy alone would
+            # refuse the request: decide again on a fresh read.
+            cached = None
+        return _reject(
+            account_id, _Refusal(503, "the account changed while this request was accepted; retry")
+        )
+
+    async def answer_with(
+        cached: Cached, body: bytes, headers: Mapping[str, str]
+    ) -> tuple[Response | _Refusal | None, bool]:
+        """The answer to a request for ``cached``'s account, and whether the accept transaction
+        confirmed the account (None: it did not, the account changed)."""
+        account = cached.account
+        try:
+            _check_signature(account, body, headers, settings)
+        except signing.SignatureError as error:
+            return _Refusal(401, str(error), check=error.check, header=error.header), False
+        try:
+            message = to_inbound(account.account_id, parse_body(body))
+        except BodyError as error:
+            return _Refusal(400, str(error)), False
+        except FieldError as error:
+            return _Refusal(422, str(error), field=error.field), False
+        try:
+            result = await db_threads.run(_accept, message, publish, cached, admit)
+        except PreconditionFailed:
+            return None, False
+        except SenderOverLimit as error:
+            refusal = _Refusal(
                 429,
                 str(error),
                 field="sender_id",
                 check="sender_rate_limit",
                 extra_headers={"Retry-After": str(error.retry_after_s)},
             )
-        except (OperationalError, InterfaceError, MaxConnectionsExceeded) as error:
-            _logger.error("database unavailable: %s", str(error)[:200], extra={"event": "gateway.db_error"})
-            return _reject(account_id, 503, "database unavailable; retry later")
+            return refusal, True
+        except _DB_ERRORS as error:
+            _log_db_error(error)
+            return _UNAVAILABLE, True
         if result.status == DUPLICATE:
-            return JSONResponse({"status": "duplicate"}, status_code=200)
+            return _status_response("duplicate", 200), True
         if result.status == IGNORED:
-            return JSONResponse({"status": "ignored"}, status_code=202)
-        return JSONResponse({"status": "accepted"}, status_code=202)
+            return _status_response("ignored", 202), True
+        return _status_response("accepted", 202), True
 
     async def healthz(request: Request) -> Response:
         ok, checks = await run_in_threadpool(
@@ -153,7 +223,13 @@ def create_app(
     async def openapi(request: Request) -> Response:
         return JSONResponse(openapi_document())
 
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        db_threads.close()  # their connections go back to the pool, their publishers close
+
     return Starlette(
+        lifespan=lifespan,
         routes=[
             Route("/v1/webhook/{account_id}/messages", receive_message, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
@@ -177,9 +253,8 @@ async def _server_error(request: Request, error: Exception) -> Response:
     return JSONResponse({"error": "internal error; see the gateway log"}, status_code=500)
 
 
-def _find_account_in_thread(account_id: str, settings: Settings) -> WebhookAccount | None:
-    with database.connection_context():
-        return find_account(account_id, settings)
+def _log_db_error(error: Exception) -> None:
+    _logger.error("database unavailable: %s", str(error)[:200], extra={"event": "gateway.db_error"})
 
 
 def _check_signature(
@@ -225,15 +300,21 @@ def _warn_legacy(account_id: str) -> None:
     emit(ev.GATEWAY_LEGACY_SIGNATURE, account_id=account_id[:128])
 
 
-def _accept_in_thread(
+def _accept(
     message: InboundMessage,
     publish: Callable[[int], object],
-    account: WebhookAccount,
+    cached: Cached,
     admit: Callable[[InboundMessage], None] | None,
 ) -> AcceptResult:
-    # The thread hands its connection back to the pool after each request.
-    with database.connection_context():
-        return accept(message, publish=publish, policy=account.policy, admit=admit)
+    # In a DbThreads thread, on the connection it keeps. The precondition makes the transaction
+    # refuse (PreconditionFailed, nothing written) when the account is no longer the cached one.
+    return accept(
+        message,
+        publish=publish,
+        policy=cached.account.policy,
+        admit=admit,
+        precondition=cached.precondition(),
+    )
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:
@@ -248,22 +329,18 @@ async def _read_limited(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def _reject(
-    account_id: str,
-    status: int,
-    error: str,
-    *,
-    field: str | None = None,
-    check: str | None = None,
-    header: str | None = None,
-    extra_headers: dict[str, str] | None = None,
-) -> JSONResponse:
-    emit(ev.GATEWAY_REQUEST_REJECTED, account_id=account_id[:128], status=status, reason=error[:200])
-    content: dict[str, Any] = {"error": error}
-    for name, value in (("field", field), ("check", check), ("header", header)):
+def _reject(account_id: str, refusal: _Refusal) -> JSONResponse:
+    emit(
+        ev.GATEWAY_REQUEST_REJECTED,
+        account_id=account_id[:128],
+        status=refusal.status,
+        reason=refusal.error[:200],
+    )
+    content: dict[str, Any] = {"error": refusal.error}
+    for name, value in (("field", refusal.field), ("check", refusal.check), ("header", refusal.header)):
         if value is not None:
             content[name] = value
-    return JSONResponse(content, status_code=status, headers=extra_headers)
+    return JSONResponse(content, status_code=refusal.status, headers=refusal.extra_headers)
 
 
 def channel_account_health() -> dict[str, str]:

@@ -163,7 +163,8 @@ def openapi_document() -> dict[str, Any]:
                         "503": _error(
                             "retry later: the database is unavailable, or this gateway cannot read "
                             "the account's secrets (ZENTHOR_SECRET_KEY changed since it started; "
-                            "the gateway log names it)"
+                            "the gateway log names it), or the account kept changing (an operator "
+                            "rotating it) while the request was accepted"
                         ),
                     },
                 }
