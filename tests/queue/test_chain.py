@@ -195,6 +195,7 @@ def test_claims_from_many_threads_never_hold_a_conversation_twice_with_or_withou
         thread.start()
     for thread in threads:
         thread.join(60)
+        assert not thread.is_alive()
     # A job refused while its conversation was busy was nudged by the completion before it (the
     # nudges went to a broker nobody consumes here): run what is still pending, oldest first.
     for _ in range(len(jobs)):
@@ -296,3 +297,113 @@ def test_a_completion_whose_prepared_statements_the_session_lost_still_completes
         assert trips[3:5] == [("COMMIT", "EXECUTE"), ("DEALLOCATE", "PREPARE", "EXECUTE")], trips
     assert [status for status, _ in job_rows([first, second])] == ["done", "done"]
     assert assistant_messages(conversation) == ["ok", "ok"]
+
+
+def _hand_over_blocked_then(action: str, settings_env, published) -> tuple[list[str], list[int]]:
+    """Two jobs of one chat; the hand-over after the first one's COMMIT waits for a row lock on the
+    second, and ``action`` (a Postgres function taking the waiting backend's pid) hits it there."""
+    from zenthor.actors.dispatch import process_job
+
+    settings_env(AGENT_TURN=ONE_REPLY)
+    conversation = make_conversation(f"hit-{action}")
+    jobs = [make_job(conversation, "a"), make_job(conversation, "b")]
+    other = psycopg2.connect(TEST_ENV["DATABASE_URL"])
+    outcome: list[str] = []
+    try:
+        cursor = other.cursor()
+        cursor.execute("SELECT pg_backend_pid()")
+        (other_pid,) = cursor.fetchone()
+        cursor.execute("SELECT id FROM agent_job WHERE id = %s FOR UPDATE", (jobs[1],))
+        running = DbThread(target=lambda: outcome.append(process_job(jobs[0])))
+        running.start()
+        waiting = wait_for(
+            lambda: execute(
+                "SELECT pid FROM pg_stat_activity WHERE %s = ANY(pg_blocking_pids(pid))", (other_pid,)
+            ),
+            20,
+            message="the hand-over waits for the row lock",
+        )
+        assert job_rows([jobs[0]])[0][0] == "done"  # the COMMIT went through
+        execute(f"SELECT {action}(%s)", (waiting[0][0],))
+        running.join(20)
+        assert not running.is_alive()
+        other.rollback()
+    finally:
+        other.close()
+    return outcome, jobs
+
+
+@pytest.mark.parametrize("action", ["pg_cancel_backend", "pg_terminate_backend"])
+def test_a_hand_over_that_fails_after_the_commit_still_reports_the_job_done_and_nudges_the_next(
+    settings_env, published, action
+):
+    """Cancelled (a statement timeout does the same) or cut after the COMMIT: the completion asks
+    the database whether it committed, reports the job done, delivers its reply and nudges the
+    next job instead of leaving it to the sweep."""
+    outcome, jobs = _hand_over_blocked_then(action, settings_env, published)
+    assert outcome == ["done"]
+    assert [status for status, _ in job_rows(jobs)] == ["done", "pending"]
+    assert [p[0] for p in published] == ["deliver", "dispatch"]
+    assert published[1] == ("dispatch", jobs[1], None)
+
+
+def test_a_hand_over_whose_answer_was_lost_is_given_back_and_nudged(settings_env, published, monkeypatch):
+    """The hand-over committed on the server but its answer never arrived (the connection died
+    right after): the job it claimed under a token nobody holds is given back at once, not after
+    its lease expires with an attempt it never ran."""
+    import peewee
+
+    import zenthor.db as db_module
+    from zenthor.actors.dispatch import process_job
+
+    settings_env(AGENT_TURN=ONE_REPLY)
+    conversation = make_conversation("answer-lost")
+    jobs = [make_job(conversation, "a"), make_job(conversation, "b")]
+    real_send = db_module._send_prepared
+    fired: list[int] = []
+
+    def answer_lost(db, statement, params, *, prefix=""):
+        rows = real_send(db, statement, params, prefix=prefix)
+        if statement.name == "zenthor_claim_next" and not fired:
+            fired.append(1)
+            db.connection().close()
+            raise peewee.OperationalError("server closed the connection unexpectedly")
+        return rows
+
+    monkeypatch.setattr(db_module, "_send_prepared", answer_lost)
+    assert process_job(jobs[0]) == "done"
+    assert fired
+    rows = {j.id: j for j in AgentJob.select().where(AgentJob.id.in_(jobs))}
+    assert (rows[jobs[1]].status, rows[jobs[1]].attempts, rows[jobs[1]].lease_token) == ("pending", 0, None)
+    assert ("dispatch", jobs[1], None) in published
+    assert assistant_messages(conversation) == ["ok"]
+
+
+def test_a_shutdown_right_after_a_hand_over_gives_the_handed_job_to_another_worker(
+    settings_env, published, monkeypatch
+):
+    """Dramatiq raises Shutdown into the thread at any point: landing between the commit that
+    handed the next job over and the chain running it, the job is released and handed over at
+    once, not left processing for a worker that is leaving."""
+    import sys
+
+    from dramatiq.middleware import Shutdown
+
+    dispatch = sys.modules["zenthor.actors.dispatch"]
+    settings_env(AGENT_TURN=ONE_REPLY)
+    conversation = make_conversation("shutdown-chain")
+    jobs = [make_job(conversation, "a"), make_job(conversation, "b")]
+
+    class ShutdownOnce:
+        fired = False
+
+        def observe(self, value: float) -> None:
+            if not ShutdownOnce.fired:
+                ShutdownOnce.fired = True
+                raise Shutdown()
+
+    monkeypatch.setattr(dispatch, "TURN_SECONDS", ShutdownOnce())
+    with pytest.raises(Shutdown):
+        dispatch.process_job(jobs[0])
+    assert [status for status, _ in job_rows(jobs)] == ["done", "pending"]
+    assert ("dispatch", jobs[1], dispatch.HANDOVER_DELAY_MS) in published

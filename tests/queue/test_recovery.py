@@ -187,3 +187,21 @@ def test_a_worker_paused_in_the_middle_of_a_chain_is_fenced(processes):
     assert [e["job_id"] for e in paused.events("queue.job.completed")] == [jobs[0]]
     assert assistant_messages(conversation) == ["done: first", "done: blind:5", "done: third"]
     assert statuses(jobs)[jobs[1]] == ("done", "worker-chain-healthy")
+
+
+def test_a_chained_job_longer_than_two_leases_is_heartbeated_and_never_taken_over(processes):
+    conversation = make_conversation("chain-long")
+    long_text = f"sleep:{2.5 * LOCK_MS / 1000}"
+    jobs = [make_job(conversation, "first"), make_job(conversation, long_text)]
+    worker = processes("worker-chain-long", threads=2)
+    publish_dispatch(jobs[0])
+    wait_for(lambda: chained_claims(worker, jobs[1]), 30, message="the long job is handed over in a chain")
+    deadline = time.monotonic() + 60
+    while AgentJob.get_by_id(jobs[1]).status != "done":
+        assert time.monotonic() < deadline, "the chained long turn did not finish"
+        assert requeue_stale() == []  # its lease never expires: the heartbeat extends it
+        time.sleep(0.5)
+    row = AgentJob.get_by_id(jobs[1])
+    assert (row.attempts, row.processor_id) == (0, "worker-chain-long")
+    assert worker.events("queue.lease.lost") == []
+    assert assistant_messages(conversation) == ["done: first", f"done: {long_text}"]

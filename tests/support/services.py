@@ -86,10 +86,25 @@ def truncate_all() -> None:
 
 
 def purge_queues() -> None:
-    """Drop every message waiting in this vhost's queues (declares them if needed)."""
+    """Drop every message waiting in this vhost's queues (declares them if needed).
+
+    A test that cut every connection of the vhost (a broker outage) leaves this thread's publisher
+    connection closed, and the broker replaces it only once it has been idle for a while: a
+    closed one is dropped and the purge runs again on a fresh one.
+    """
+    import pika.exceptions
+
     import zenthor.actors  # noqa: F401 - declares the actors, hence the queues
     from zenthor.broker import broker
 
+    try:
+        _purge(broker)
+    except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError):
+        broker.drop_thread_connection()
+        _purge(broker)
+
+
+def _purge(broker) -> None:
     for queue in list(broker.get_declared_queues()):
         broker.declare_queue(queue, ensure=True)
         for name in (queue, f"{queue}.DQ", f"{queue}.XQ"):

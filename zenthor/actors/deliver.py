@@ -22,6 +22,7 @@ from zenthor.actors.publish import DELIVER_ACTOR, publish_delivery
 from zenthor.actors.retry_policy import is_infrastructure_error
 from zenthor.actors.sweep import register_step
 from zenthor.channels import DEFAULT_OUTBOUND_QUEUE, SendError, get_sender, load_builtin_senders, queue_for
+from zenthor.db import give_back
 from zenthor.observability import emit
 from zenthor.observability import events as ev
 from zenthor.observability.metrics import DELIVERIES_TOTAL, DELIVERY_SECONDS, LEASE_LOSSES
@@ -77,6 +78,7 @@ def _send_claimed(lease: OutboundLease) -> str:
         return _after_failure(lease, f"no sender for channel {lease.channel!r} in this process", True)
     failure: tuple[str, bool] | None = None
     started = time.monotonic()
+    give_back()  # no connection held through the channel's send (a sender reads what it needs)
     try:
         sender.send(lease)
     except SendError as error:

@@ -175,6 +175,10 @@ def _run_claimed(lease: Lease, chain: _Chain) -> tuple[str, Lease | None]:
         # Warm shutdown: give the job back at once so another worker takes it without waiting.
         if release(lease, reason="shutdown"):
             hand_over(lease.job_id)
+        elif lease.finishing and not lease.lost:
+            # It arrived while the completion committed: the job is done (a hand-over it made was
+            # given back by complete()); nudge what it wrote and the next job, as after any.
+            _after_finish(lease, None)
         return "released", None
     except INFRASTRUCTURE_ERRORS as error:
         emit(ev.DATABASE_UNAVAILABLE, operation="turn", job_id=lease.job_id, error=str(error)[:200])
@@ -189,6 +193,19 @@ def _run_claimed(lease: Lease, chain: _Chain) -> tuple[str, Lease | None]:
         return _fail(lease, error), None
     except Exception as error:  # noqa: BLE001 - a bug in a turn must not lose the job
         return _fail(lease, TurnError("turn_error", f"{type(error).__name__}: {error}")), None
+    try:
+        _report_finished(lease, result, written, chain)
+    except BaseException:
+        # A Shutdown or time limit raised into this thread after the commit: the job handed over
+        # will not run here; give it back for another worker now rather than at lease expiry.
+        if lease.chained is not None:
+            if release(lease.chained, reason="shutdown"):
+                hand_over(lease.chained.job_id)
+        raise
+    return result.status, lease.chained
+
+
+def _report_finished(lease: Lease, result: TurnResult, written: WrittenReplies, chain: _Chain) -> None:
     duration = time.monotonic() - chain.job_started
     TURN_SECONDS.observe(duration)
     emit(
@@ -202,7 +219,6 @@ def _run_claimed(lease: Lease, chain: _Chain) -> tuple[str, Lease | None]:
         announce_claim(lease.chained, chained=True)
         chain.job_started = time.monotonic()
     _after_finish(lease, written)
-    return result.status, lease.chained
 
 
 def _write_result(lease: Lease, result: TurnResult) -> WrittenReplies:

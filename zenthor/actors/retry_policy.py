@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from dramatiq.errors import BrokerConnectionError
 from peewee import InterfaceError, OperationalError
+from playhouse.pool import MaxConnectionsExceeded
 
-INFRASTRUCTURE_ERRORS = (OperationalError, InterfaceError, BrokerConnectionError)
+# MaxConnectionsExceeded: no pooled connection came free within the pool's wait (DATABASE_POOL_SIZE
+# too small for the load): the database is as good as away, not the turn at fault.
+INFRASTRUCTURE_ERRORS = (OperationalError, InterfaceError, BrokerConnectionError, MaxConnectionsExceeded)
 
 
 def is_infrastructure_error(retries: int, exception: BaseException) -> bool:

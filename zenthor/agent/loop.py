@@ -246,6 +246,9 @@ class AgentLoop:
         context = self._context()
         if key is not None:
             context = dataclasses.replace(context, idempotency_key=key)
+        # The tool runs on a thread of its own with its own connection: holding ours meanwhile
+        # could leave it none (hold-and-wait on a small pool).
+        give_back()
         try:
             result = self.registry.call(call.name, arguments, context, timeout_s=self.settings.tool_timeout_s)
             ok, content, error = bool(result.ok), str(result.content or ""), result.error

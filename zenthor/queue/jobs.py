@@ -645,16 +645,16 @@ def complete(
     lease.finishing = True
 
     params = {"job_id": lease.job_id, "token": lease.token, "status": status}
+    hand_over_token: str | None = None
     if chain_to is None:
         then: tuple[str | Prepared, Any] = (_NEXT_PENDING, (lease.conversation_id,))
     else:
-        settings = _settings()
+        hand_over_token = str(uuid.uuid4())
         next_params = {
             "conversation_id": lease.conversation_id,
             "worker": chain_to,
-            "token": str(uuid.uuid4()),
-            "lock_ms": settings.AGENT_JOB_LOCK_MS,
-            "legacy_ms": settings.AGENT_JOB_LEGACY_WINDOW_MS,
+            "token": hand_over_token,
+            "lock_ms": _settings().AGENT_JOB_LOCK_MS,
         }
         then = (_CLAIM_NEXT_PREPARED, next_params)
 
@@ -674,19 +674,78 @@ def complete(
             # this conversation, which now holds it and nudges what follows.
             lease.next_job_id, lease.next_job_read = None, True
             return result
+        except (OperationalError, InterfaceError, PreparedStatementLost):
+            # Around the COMMIT: cancelled, cut, or lost after it went through. Ask the database
+            # (our token stays on the finished row); if it committed, give back whatever the
+            # hand-over may have claimed and let the caller read the next job itself.
+            if not committing or not _completion_committed(lease):
+                raise
+            if hand_over_token is not None:
+                _release_hand_over(lease.conversation_id, hand_over_token)
+            lease.next_job_id, lease.next_job_read = None, False
+            return result
         row = after.rows[0] if after.rows else None
         lease.next_job_id = row[0] if row else None
         lease.next_job_read = True
         if row is not None and len(row) > 1 and row[1] is not None:
-            lease.chained = _lease_of(row[1:], then[1]["token"], chain_to)  # announced by its worker
+            lease.chained = _lease_of(row[1:], hand_over_token, chain_to)  # announced by its worker
         return result
 
     try:
-        return on_live_session(complete_once, operation="complete", job_id=lease.job_id)
-    except PreparedStatementLost:
-        # The session lost its prepared statements (reset under us, or a migration made a plan
-        # stale): the transaction rolled back having written nothing; once more, prepared afresh.
-        return on_live_session(complete_once, operation="complete", job_id=lease.job_id)
+        try:
+            return on_live_session(complete_once, operation="complete", job_id=lease.job_id)
+        except PreparedStatementLost:
+            # The session lost its prepared statements (reset under us, or a migration made a
+            # plan stale) before the COMMIT: the transaction rolled back having written nothing;
+            # once more, prepared afresh.
+            return on_live_session(complete_once, operation="complete", job_id=lease.job_id)
+    except LeaseLost:
+        raise  # before the COMMIT: no hand-over ran
+    except BaseException:
+        # Anything that escapes (a Shutdown or time limit raised into the thread mid-statement,
+        # a lost lease) must not leave a hand-over claimed for a worker that will not run it.
+        if hand_over_token is not None and lease.chained is None:
+            _release_hand_over(lease.conversation_id, hand_over_token)
+        raise
+
+
+_COMMITTED = """
+SELECT j.status IN ('done', 'awaiting_approval') FROM agent_job AS j
+ WHERE j.id = %(job_id)s AND j.lease_token = %(token)s::uuid
+"""
+
+# A hand-over's claim given back, found by its token (through the processing-only unique index):
+# pending again, no attempt counted, as a warm shutdown's release.
+_RELEASE_HAND_OVER = """
+UPDATE agent_job AS j
+   SET status = 'pending', locked_until = NULL, lease_token = NULL, available_at = now()
+ WHERE j.conversation_id = %(conversation_id)s AND j.status = 'processing'
+   AND j.lease_token = %(token)s::uuid
+RETURNING j.id
+"""
+
+
+def _completion_committed(lease: Lease) -> bool:
+    """Whether this lease's completion committed, asked on a live session (a completion leaves
+    its token on the row; a takeover would have replaced it)."""
+    if _session_lost():
+        _drop_session()
+    params = {"job_id": lease.job_id, "token": lease.token}
+    rows = on_live_session(lambda: execute(_COMMITTED, params), operation="complete", job_id=lease.job_id)
+    return bool(rows and rows[0][0])
+
+
+def _release_hand_over(conversation_id: int, token: str) -> None:
+    """Give back the job a hand-over claimed under ``token``, if it did (best effort: if this
+    fails too, its lease expires and the sweep takes it back)."""
+    try:
+        if _session_lost():
+            _drop_session()
+        rows = execute(_RELEASE_HAND_OVER, {"conversation_id": conversation_id, "token": token})
+    except Exception:  # noqa: BLE001 - already on an error path
+        return
+    for (job_id,) in rows:
+        emit(ev.JOB_RELEASED, job_id=job_id, conversation_id=conversation_id, reason="hand_over_undone")
 
 
 def _constraint(error: Exception) -> str | None:
@@ -779,12 +838,13 @@ def fail(
     return outcome
 
 
-def release(lease: Lease, *, reason: str) -> bool:
-    """Give the job back at once (warm shutdown), without counting an attempt."""
+def release(lease: Lease, *, reason: str, db: Any = None) -> bool:
+    """Give the job back at once (warm shutdown), without counting an attempt; on ``db`` (the
+    heartbeat's own pool at shutdown) else the main pool."""
     if lease.lost:
         return False
     lease.finishing = True
-    released = bool(execute(_RELEASE, {"job_id": lease.job_id, "token": lease.token}))
+    released = bool(execute(_RELEASE, {"job_id": lease.job_id, "token": lease.token}, db=db))
     if released:
         # This process gave the job up (no "lease lost" event): any later write by it must fail.
         lease._lost.set()

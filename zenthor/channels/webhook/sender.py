@@ -26,6 +26,7 @@ from zenthor.channels.webhook import CHANNEL
 from zenthor.channels.webhook.accounts import find_account
 from zenthor.channels.webhook.secret_box import SecretKeyError
 from zenthor.channels.webhook.signing import sign_headers
+from zenthor.db import give_back
 from zenthor.observability import emit
 from zenthor.observability import events as ev
 from zenthor.settings import get_settings
@@ -78,6 +79,7 @@ def send_webhook(lease) -> None:
         raise SendError(f"webhook account {lease.account_id[:128]!r} has no live secret to sign with")
     if not account.callback_url:
         raise SendError(f"webhook account {lease.account_id[:128]!r} has no callback URL")
+    give_back()  # the account is read: no connection held through the HTTP call
     body = callback_body(lease)
     key = str(lease.outbound_id)
     headers = {
