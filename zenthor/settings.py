@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     # ms since its dispatch message started; then it publishes the next job's nudge. 1: no chain.
     AGENT_JOB_CHAIN_MAX_JOBS: int = Field(default=16, ge=1)
     AGENT_JOB_CHAIN_MAX_MS: int = Field(default=1_000, ge=0)
+    # Debounce (issue 14): a conversation's new turn waits this long a quiet before it may start,
+    # each newer message pushing the wait back, but never more than the max after the burst's
+    # first message. 0: off.
+    QUEUE_DEBOUNCE_MS: int = Field(default=0, ge=0, le=600_000)
+    QUEUE_DEBOUNCE_MAX_MS: int = Field(default=15_000, ge=0, le=3_600_000)
     # The dispatch actor's Dramatiq time limit; stays below RabbitMQ's consumer_timeout (1 h).
     DISPATCH_TIME_LIMIT_MS: int = Field(default=900_000, ge=1_000)
     # Sub-minute sweep re-checks between periodiq's one-minute ticks (crash recovery latency).
@@ -241,6 +246,11 @@ class Settings(BaseSettings):
             )
         if self.WHATSAPP_HEARTBEAT_MS * 2 > self.WHATSAPP_LEASE_TTL_MS:
             raise ValueError("WHATSAPP_HEARTBEAT_MS must be at most half of WHATSAPP_LEASE_TTL_MS")
+        if self.QUEUE_DEBOUNCE_MS and self.QUEUE_DEBOUNCE_MAX_MS < self.QUEUE_DEBOUNCE_MS:
+            raise ValueError(
+                "QUEUE_DEBOUNCE_MAX_MS must be at least QUEUE_DEBOUNCE_MS, or no message would ever "
+                f"wait its quiet (got {self.QUEUE_DEBOUNCE_MAX_MS} and {self.QUEUE_DEBOUNCE_MS})"
+            )
         # The webhook channel is on when either is set; then every reply needs both. Refusing here
         # stops the gateway taking messages it could never answer, and a worker retrying each reply
         # for minutes and holding the conversation's later replies behind it.

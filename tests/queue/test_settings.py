@@ -36,6 +36,7 @@ def test_the_worker_refuses_a_malformed_setting_naming_it(variable, value):
     [
         ("AGENT_JOB_HEARTBEAT_MS", {"AGENT_JOB_LOCK_MS": "10000", "AGENT_JOB_HEARTBEAT_MS": "9000"}),
         ("WEBHOOK_TIMEOUT_S", {"WEBHOOK_TIMEOUT_S": "40", "OUTBOUND_LOCK_MS": "30000"}),
+        ("QUEUE_DEBOUNCE_MAX_MS", {"QUEUE_DEBOUNCE_MS": "5000", "QUEUE_DEBOUNCE_MAX_MS": "1000"}),
     ],
 )
 def test_settings_that_contradict_each_other_are_refused(named, env):

@@ -29,7 +29,9 @@ from zenthor.queue import enqueue
 from zenthor.queue.conversations import lock_conversation
 from zenthor.settings import get_settings
 
-Publisher = Callable[[int], object]
+Publisher = Callable[..., object]
+"""Publishes a job's dispatch nudge: ``publish(job_id)``, or ``publish(job_id, delay_ms=...)`` for a
+debounced job (``actors.publish.publish_dispatch``)."""
 Admit = Callable[[InboundMessage], None]
 Precondition = tuple[str, dict[str, Any]]
 """A SQL boolean expression with its named parameters (``%(name)s``), checked by :func:`accept`."""
@@ -103,6 +105,8 @@ class AcceptResult:
     # The job waits behind another job of its conversation, which nudges or hands it over when it
     # finishes: no dispatch nudge of its own is published (issue 13, item 3).
     behind: bool = False
+    # With a debounce: the job may be claimed this long from now; its nudge is published as late.
+    delay_ms: int = 0
 
 
 def accept(
@@ -136,7 +140,11 @@ def accept(
     if result.job_id is None or result.behind:
         return result
     publisher = publish or _default_publisher()
-    published = publisher(result.job_id)
+    # A debounced job's nudge waits as long as the job does (every publisher in the product is
+    # publish_dispatch or passes its delay on).
+    published = (
+        publisher(result.job_id, delay_ms=result.delay_ms) if result.delay_ms else publisher(result.job_id)
+    )
     return AcceptResult(
         result.status,
         result.conversation_id,
@@ -181,7 +189,13 @@ def _accept_in_transaction(
     # A turn, also when a handler settled a question this message did not answer (superseded).
     # Under the conversation's lock (taken by _store_message): a job behind another is certain to
     # be nudged or handed over by it (queue.Enqueued), so it needs no nudge of its own.
-    enqueued = enqueue(conversation_id, message_id)
+    settings = get_settings()
+    enqueued = enqueue(
+        conversation_id,
+        message_id,
+        debounce_ms=settings.QUEUE_DEBOUNCE_MS,
+        debounce_max_ms=settings.QUEUE_DEBOUNCE_MAX_MS,
+    )
     execute("UPDATE message SET job_id = %s WHERE id = %s", (enqueued.job_id, message_id))
     return AcceptResult(
         ACCEPTED,
@@ -190,6 +204,7 @@ def _accept_in_transaction(
         enqueued.job_id,
         outcome.reason if outcome else None,
         behind=enqueued.behind,
+        delay_ms=enqueued.delay_ms,
     )
 
 

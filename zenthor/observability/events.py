@@ -82,6 +82,16 @@ JOB_ENQUEUED = event(
     "kind",
     says="job {job_id} ({kind}) queued for conversation {conversation_id}",
 )
+JOB_DEBOUNCED = event(
+    "queue.job.debounced",
+    "job_id",
+    "conversation_id",
+    "delay_ms",
+    level=logging.DEBUG,
+    description="a new message pushed its conversation's burst back: the jobs wait delay_ms of quiet "
+    "(QUEUE_DEBOUNCE_MS, bounded by QUEUE_DEBOUNCE_MAX_MS)",
+    says="job {job_id} waits {delay_ms} ms of quiet in conversation {conversation_id}",
+)
 JOB_CLAIMED = event(
     "queue.job.claimed",
     "job_id",

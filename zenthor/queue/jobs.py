@@ -472,12 +472,39 @@ class Enqueued:
     # ahead (retry, release, requeue) or reads the next job after a commit that took the
     # conversation's lock after ours. So a job behind needs no dispatch nudge of its own.
     behind: bool
+    # With a debounce (issue 14): how long until the job may be claimed, by the database's clock;
+    # its nudge is published with this delay.
+    delay_ms: int = 0
 
 
 _ENQUEUE = f"""
 INSERT INTO agent_job AS j (conversation_id, message_id, kind, payload, max_attempts)
 VALUES (%(conversation_id)s, %(message_id)s, %(kind)s, %(payload)s, %(max_attempts)s)
-RETURNING j.id, {_AHEAD_OF_J}
+RETURNING j.id, {_AHEAD_OF_J}, 0::bigint
+"""
+
+# A turn with a debounce (issue 14, item 2): the conversation's burst (its pending turn jobs and
+# this one) becomes available after ``debounce_ms`` of quiet, and never later than ``max_ms``
+# after the oldest of them arrived. Earlier jobs of the burst are pushed to the same moment (never
+# pulled earlier: a retry's backoff stays); a head whose nudge was already sent is refused as not
+# yet available and asks again then. The caller holds the conversation's lock (accept), so no
+# other writer moves these rows meanwhile; a claim racing the push re-checks the row after it.
+_ENQUEUE_DEBOUNCED = f"""
+WITH burst AS (
+    SELECT least(now() + %(debounce_ms)s * interval '1 millisecond',
+                 coalesce(min(p.created_at), now()) + %(max_ms)s * interval '1 millisecond') AS at
+      FROM agent_job AS p
+     WHERE p.conversation_id = %(conversation_id)s AND p.status = 'pending' AND p.kind = 'turn'
+), pushed AS (
+    UPDATE agent_job AS p SET available_at = greatest(p.available_at, (SELECT burst.at FROM burst))
+     WHERE p.conversation_id = %(conversation_id)s AND p.status = 'pending' AND p.kind = 'turn'
+    RETURNING p.id
+)
+INSERT INTO agent_job AS j (conversation_id, message_id, kind, payload, max_attempts, available_at)
+VALUES (%(conversation_id)s, %(message_id)s, %(kind)s, %(payload)s, %(max_attempts)s,
+        (SELECT burst.at FROM burst))
+RETURNING j.id, {_AHEAD_OF_J},
+          greatest(0, ceil(extract(epoch FROM j.available_at - now()) * 1000))::bigint
 """
 
 
@@ -488,22 +515,32 @@ def enqueue(
     kind: str = "turn",
     payload: Any = None,
     max_attempts: int | None = None,
+    debounce_ms: int = 0,
+    debounce_max_ms: int = 0,
 ) -> Enqueued:
     """Insert a pending job (inside the caller's transaction) and say whether it waits behind
-    another job of its conversation; the caller publishes after commit (see :class:`Enqueued`)."""
+    another job of its conversation; the caller publishes after commit (see :class:`Enqueued`).
+
+    With ``debounce_ms`` (a ``turn`` only), the conversation's pending turns wait for that long a
+    quiet, at most ``debounce_max_ms`` after the oldest of them arrived (``Enqueued.delay_ms``)."""
+    debounced = kind == "turn" and debounce_ms > 0
     rows = execute(
-        _ENQUEUE,
+        _ENQUEUE_DEBOUNCED if debounced else _ENQUEUE,
         {
             "conversation_id": conversation_id,
             "message_id": message_id,
             "kind": kind,
             "payload": Json(payload) if payload is not None else None,
             "max_attempts": max_attempts or _settings().AGENT_JOB_MAX_ATTEMPTS,
+            "debounce_ms": debounce_ms,
+            "max_ms": max(debounce_max_ms, debounce_ms),
         },
     )
-    job_id, behind = rows[0]
+    job_id, behind, delay_ms = rows[0]
     emit(ev.JOB_ENQUEUED, job_id=job_id, conversation_id=conversation_id, kind=kind)
-    return Enqueued(job_id, bool(behind))
+    if debounced:
+        emit(ev.JOB_DEBOUNCED, job_id=job_id, conversation_id=conversation_id, delay_ms=delay_ms)
+    return Enqueued(job_id, bool(behind), int(delay_ms))
 
 
 def claim(job_id: int, worker_id: str, *, lock_ms: int | None = None) -> Lease | ClaimRefused:
