@@ -70,15 +70,18 @@ _AHEAD_OF_J = """(
                AND busy.id <> j.id)
 )"""
 
-_CLAIM = f"""
-UPDATE agent_job AS j
-   SET status = 'processing',
+# What every claim writes: the lease, for the worker, under its fresh token.
+_TAKE_LEASE = """status = 'processing',
        processor_id = %(worker)s,
        lease_token = %(token)s::uuid,
        locked_until = now() + %(lock_ms)s * interval '1 millisecond',
        started_at = now(),
        last_heartbeat_at = now(),
-       finished_at = NULL,
+       finished_at = NULL"""
+
+_CLAIM = f"""
+UPDATE agent_job AS j
+   SET {_TAKE_LEASE},
        attempts = CASE WHEN j.status = 'processing' THEN j.attempts + 1 ELSE j.attempts END
  WHERE j.id = %(job_id)s
    AND (   (j.status = 'pending' AND j.available_at <= now())
@@ -265,13 +268,7 @@ WITH next AS (
      ORDER BY j.id LIMIT 1
 ), taken AS (
     UPDATE agent_job AS j
-       SET status = 'processing',
-           processor_id = %(worker)s,
-           lease_token = %(token)s::uuid,
-           locked_until = now() + %(lock_ms)s * interval '1 millisecond',
-           started_at = now(),
-           last_heartbeat_at = now(),
-           finished_at = NULL
+       SET {_TAKE_LEASE}
      WHERE j.id = (SELECT next.id FROM next)
        AND j.status = 'pending' AND j.available_at <= now()
        AND NOT {_AHEAD_OF_J}
