@@ -213,7 +213,7 @@ def test_claims_from_many_threads_never_hold_a_conversation_twice_with_or_withou
 
 
 def test_a_job_knows_at_insert_whether_another_job_of_its_conversation_goes_first():
-    """``enqueue`` reads, in its INSERT, what _AHEAD_OF_J reads at claim: an older pending job or a
+    """``enqueue`` reads, in its INSERT, what AHEAD_OF_J reads at claim: an older pending job or a
     processing one puts the new job behind (its predecessor nudges or chains it); a job awaiting
     an approval does not."""
     from zenthor.db import database
@@ -243,7 +243,7 @@ def test_the_hand_overs_generic_plan_uses_the_partial_indexes():
 
     from tests.support.plans import assert_claim_probes_partial_indexes
     from zenthor.db import database, execute_prepared
-    from zenthor.queue import jobs
+    from zenthor.queue import job_statements
 
     conversation = make_conversation("plan")
     execute(
@@ -253,13 +253,13 @@ def test_the_hand_overs_generic_plan_uses_the_partial_indexes():
     make_job(conversation)
     execute("ANALYZE agent_job")
     params = {"conversation_id": 0, "worker": "w", "token": str(uuid.uuid4()), "lock_ms": 1000}
-    execute_prepared(jobs._CLAIM_NEXT_PREPARED, params)  # prepared now
+    execute_prepared(job_statements.CLAIM_NEXT_PREPARED, params)  # prepared now
     with database.atomic():
         execute("SET LOCAL plan_cache_mode = force_generic_plan")
         plan = "\n".join(
             row[0]
             for row in execute(
-                "EXPLAIN " + jobs._CLAIM_NEXT_PREPARED.execute_sql,
+                "EXPLAIN " + job_statements.CLAIM_NEXT_PREPARED.execute_sql,
                 {**params, "conversation_id": conversation},
             )
         )

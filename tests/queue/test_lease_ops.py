@@ -309,7 +309,7 @@ def test_the_claim_finds_what_is_ahead_in_line_through_the_partial_indexes():
     """With many finished jobs, the FIFO and busy checks must not scan older rows of the table."""
     import uuid
 
-    from zenthor.queue import jobs
+    from zenthor.queue import job_statements
 
     conversation = make_conversation()
     execute(
@@ -320,7 +320,7 @@ def test_the_claim_finds_what_is_ahead_in_line_through_the_partial_indexes():
     execute("ANALYZE agent_job")
     params = {"job_id": job_id, "worker": "w", "token": str(uuid.uuid4()), "lock_ms": 1000, "legacy_ms": 1000}
     with database.atomic() as transaction:
-        plan = "\n".join(row[0] for row in execute("EXPLAIN " + jobs._CLAIM, params))
+        plan = "\n".join(row[0] for row in execute("EXPLAIN " + job_statements.CLAIM, params))
         transaction.rollback()
     assert_claim_probes_partial_indexes(plan)
 

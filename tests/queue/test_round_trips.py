@@ -332,7 +332,7 @@ def test_the_prepared_claims_generic_plan_uses_the_partial_indexes():
     are literals, so the FIFO and busy probes still use those indexes."""
     import uuid
 
-    from zenthor.queue import jobs
+    from zenthor.queue import job_statements
 
     conversation = make_conversation()
     execute(
@@ -341,13 +341,13 @@ def test_the_prepared_claims_generic_plan_uses_the_partial_indexes():
     )
     job_id = make_job(conversation)
     execute("ANALYZE agent_job")
-    execute_prepared(jobs._CLAIM_PREPARED, {**_claim_params(job_id), "job_id": 0})  # prepared now
+    execute_prepared(job_statements.CLAIM_PREPARED, {**_claim_params(job_id), "job_id": 0})  # prepared now
     with database.atomic() as transaction:
         execute("SET LOCAL plan_cache_mode = force_generic_plan")
         plan = "\n".join(
             row[0]
             for row in execute(
-                "EXPLAIN " + jobs._CLAIM_PREPARED.execute_sql,
+                "EXPLAIN " + job_statements.CLAIM_PREPARED.execute_sql,
                 {**_claim_params(job_id), "token": str(uuid.uuid4())},
             )
         )

@@ -21,8 +21,11 @@ Writers that add rows to a conversation hold its row (:mod:`zenthor.queue.conver
 completion takes its job row, then the conversation, before the turn's rows are written.
 
 Round trips (issue 13): the claim is a statement prepared once per connection; a completion is
-``BEGIN`` + fenced update + conversation lock in one statement, the turn's writes, and ``COMMIT``
-with the next-job read after it (``zenthor.db``). A job with one reply costs 4 round trips.
+``BEGIN`` + fenced update + conversation lock in one prepared statement, the turn's writes, and
+``COMMIT`` with the next-job read, or the hand-over of the next job to the same worker, after it
+(``zenthor.db``). A job with one reply costs 4 round trips, a chained one 3.
+
+The statements themselves are in :mod:`zenthor.queue.job_statements`.
 """
 
 from __future__ import annotations
@@ -43,254 +46,10 @@ from psycopg2.extras import Json
 from zenthor.db import Prepared, PreparedStatementLost, database, execute, execute_prepared, transaction_then
 from zenthor.observability import emit
 from zenthor.observability import events as ev
+from zenthor.queue import job_statements as sql
 from zenthor.queue.conversations import Route, held_route, lock_conversation, lock_conversations
 
 T = TypeVar("T")
-
-# A lease counts as expired when locked_until has passed; a legacy row (no lease columns) counts
-# as expired once its newest timestamp is older than the legacy window.
-_EXPIRED = """(
-    (j.locked_until IS NOT NULL AND j.locked_until < now())
- OR (j.locked_until IS NULL
-     AND coalesce(j.last_heartbeat_at, j.started_at, j.created_at)
-         < now() - %(legacy_ms)s * interval '1 millisecond')
-)"""
-
-# "Something in this conversation is ahead of job j": an older pending job (FIFO, answered from the
-# partial index agent_job_pending_fifo) or another job processing now (from the partial unique
-# index). Kept as two probes that match those index predicates exactly; one probe over both
-# statuses matches neither index and scans every older job of the table. A job awaiting approval
-# is not ahead of anyone (issue 11): only its asker can move it, and the others must not wait.
-_AHEAD_OF_J = """(
-    EXISTS (SELECT 1 FROM agent_job AS older
-             WHERE older.conversation_id = j.conversation_id AND older.id < j.id
-               AND older.status = 'pending')
- OR EXISTS (SELECT 1 FROM agent_job AS busy
-             WHERE busy.conversation_id = j.conversation_id AND busy.status = 'processing'
-               AND busy.id <> j.id)
-)"""
-
-# What every claim writes: the lease, for the worker, under its fresh token.
-_TAKE_LEASE = """status = 'processing',
-       processor_id = %(worker)s,
-       lease_token = %(token)s::uuid,
-       locked_until = now() + %(lock_ms)s * interval '1 millisecond',
-       started_at = now(),
-       last_heartbeat_at = now(),
-       finished_at = NULL"""
-
-_CLAIM = f"""
-UPDATE agent_job AS j
-   SET {_TAKE_LEASE},
-       attempts = CASE WHEN j.status = 'processing' THEN j.attempts + 1 ELSE j.attempts END
- WHERE j.id = %(job_id)s
-   AND (   (j.status = 'pending' AND j.available_at <= now())
-        OR (j.status = 'processing' AND j.attempts + 1 < j.max_attempts AND {_EXPIRED}))
-   AND NOT {_AHEAD_OF_J}
-RETURNING j.id, j.conversation_id, j.message_id, j.kind, j.payload, j.attempts, j.max_attempts,
-          j.locked_until,
-          (SELECT prev.status FROM agent_job AS prev WHERE prev.id = j.id) AS previous_status
-"""
-
-# The claim, planned once per connection (issue 13 item 1): the partial-index predicates of
-# _AHEAD_OF_J are literals, so the generic plan Postgres keeps after five executions still probes
-# agent_job_pending_fifo and the processing-only indexes (tests/queue/test_round_trips.py). Planning
-# cost ~0.25 ms of Postgres CPU per claim; an EXECUTE of the generic plan ~0.01 ms.
-_CLAIM_PREPARED = Prepared(
-    "zenthor_claim",
-    _CLAIM,
-    {"job_id": "bigint", "worker": "text", "token": "text", "lock_ms": "bigint", "legacy_ms": "bigint"},
-)
-
-_WHY_REFUSED = f"""
-SELECT j.status, j.available_at <= now() AS available, {_EXPIRED} AS expired,
-       greatest(0, ceil(extract(epoch FROM j.available_at - now()) * 1000))::bigint AS available_in_ms,
-       j.attempts + 1 < j.max_attempts AS attempts_left, j.processor_id, j.conversation_id,
-       {_AHEAD_OF_J} AS older_open
-  FROM agent_job AS j WHERE j.id = %(job_id)s
-"""
-
-_HEARTBEAT = """
-UPDATE agent_job AS j
-   SET locked_until = now() + %s * interval '1 millisecond', last_heartbeat_at = now()
-  FROM (SELECT unnest(%s::bigint[]) AS id, unnest(%s::uuid[]) AS token) AS held
- WHERE j.id = held.id AND j.lease_token = held.token AND j.status = 'processing'
-RETURNING j.id
-"""
-
-_FENCE = "j.id = %(job_id)s AND j.lease_token = %(token)s::uuid AND j.status = 'processing'"
-
-_COMPLETE = f"""
-UPDATE agent_job AS j
-   SET status = %(status)s, finished_at = CASE WHEN %(status)s = 'done' THEN now() END,
-       locked_until = NULL, error_reason = NULL, error_message = NULL
- WHERE {_FENCE}
-RETURNING j.id
-"""
-
-# The completion's first statement when the turn writes rows: the fenced update, then the
-# conversation's row lock and the route its replies need, in one round trip. ``held`` finds the
-# conversation through ``done`` only, so Postgres must run the update (and lock the job row)
-# before it can look the conversation up: the lock order job -> conversation holds (I5). A lost
-# lease updates nothing, so nothing is locked and no row comes back.
-_COMPLETE_AND_HOLD = f"""
-WITH done AS (
-    UPDATE agent_job AS j
-       SET status = %(status)s, finished_at = CASE WHEN %(status)s = 'done' THEN now() END,
-           locked_until = NULL, error_reason = NULL, error_message = NULL
-     WHERE {_FENCE}
-    RETURNING j.conversation_id
-), held AS (
-    SELECT c.id, c.channel, c.account_id, c.chat_id FROM conversation AS c
-     WHERE c.id = (SELECT done.conversation_id FROM done)
-       FOR NO KEY UPDATE
-)
-SELECT done.conversation_id, held.channel, held.account_id, held.chat_id
-  FROM done LEFT JOIN held ON held.id = done.conversation_id
-"""
-
-# Inside the completion's transaction, as its first statement: a statement the server lost
-# aborts the transaction, and complete() runs it again (zenthor.db.PreparedStatementLost).
-_COMPLETE_AND_HOLD_PREPARED = Prepared(
-    "zenthor_complete_and_hold", _COMPLETE_AND_HOLD, {"job_id": "bigint", "token": "text", "status": "text"}
-)
-
-_RETRY = f"""
-UPDATE agent_job AS j
-   SET status = 'pending', attempts = j.attempts + 1, locked_until = NULL, lease_token = NULL,
-       available_at = now() + %(delay_ms)s * interval '1 millisecond',
-       error_reason = %(reason)s, error_message = %(message)s
- WHERE {_FENCE} AND j.attempts + 1 < j.max_attempts
-RETURNING j.attempts
-"""
-
-_FAIL = f"""
-UPDATE agent_job AS j
-   SET status = 'failed', attempts = j.attempts + 1, locked_until = NULL, finished_at = now(),
-       error_reason = %(reason)s, error_message = %(message)s
- WHERE {_FENCE}
-RETURNING j.attempts
-"""
-
-_RELEASE = f"""
-UPDATE agent_job AS j
-   SET status = 'pending', locked_until = NULL, lease_token = NULL, available_at = now()
- WHERE {_FENCE}
-RETURNING j.id
-"""
-
-# The free release after a cut session, once per job in a row: a job released this way before
-# (error_reason still 'session_lost') keeps its lease until it expires, and the sweep's requeue
-# counts an attempt, so a turn that itself kills its session cannot loop for free.
-_RELEASE_SESSION_LOST = f"""
-UPDATE agent_job AS j
-   SET status = 'pending', locked_until = NULL, lease_token = NULL, available_at = now(),
-       error_reason = 'session_lost'
- WHERE {_FENCE} AND j.error_reason IS DISTINCT FROM 'session_lost'
-RETURNING j.id
-"""
-
-_REQUEUE_STALE = f"""
-WITH stale AS (
-    SELECT j.id FROM agent_job AS j
-     WHERE j.status = 'processing' AND {_EXPIRED}
-     ORDER BY j.id
-     LIMIT %(limit)s
-       FOR UPDATE SKIP LOCKED
-)
-UPDATE agent_job AS j
-   SET status = CASE WHEN j.attempts + 1 >= j.max_attempts THEN 'failed' ELSE 'pending' END,
-       attempts = j.attempts + 1,
-       available_at = now(),
-       locked_until = NULL,
-       lease_token = NULL,
-       finished_at = CASE WHEN j.attempts + 1 >= j.max_attempts THEN now() END,
-       error_reason = 'stale_lease',
-       error_message = 'lease of ' || coalesce(j.processor_id, 'an unknown worker') || ' expired'
-  FROM stale
- WHERE j.id = stale.id
-RETURNING j.id, j.conversation_id, j.status, j.attempts, j.message_id
-"""
-
-# The head of each conversation's line that nobody claimed within the grace period: a lost or
-# refused publish. Its available_at moves to now so it is re-published once per grace period.
-_REPUBLISH_CANDIDATES = f"""
-WITH heads AS (
-    SELECT j.id FROM agent_job AS j
-     WHERE j.status = 'pending'
-       AND j.available_at < now() - %(grace_ms)s * interval '1 millisecond'
-       AND NOT {_AHEAD_OF_J}
-     ORDER BY j.available_at
-     LIMIT %(limit)s
-       FOR UPDATE SKIP LOCKED
-)
-UPDATE agent_job AS j SET available_at = now()
-  FROM heads WHERE j.id = heads.id
-RETURNING j.id, j.conversation_id
-"""
-
-_RESUME = """
-UPDATE agent_job AS j
-   SET status = 'pending', kind = 'resume', payload = %(payload)s, attempts = 0,
-       available_at = now(), locked_until = NULL, lease_token = NULL, finished_at = NULL,
-       error_reason = NULL, error_message = NULL
- WHERE j.id = %(job_id)s AND j.status = 'awaiting_approval'
-RETURNING j.id, j.conversation_id
-"""
-
-# A job that waits for an answer that will not come (the user wrote something else) is closed as
-# done: it holds no lease, so only its status fences this write; the reason says why it ended.
-_CLOSE_AWAITING = """
-UPDATE agent_job AS j
-   SET status = 'done', finished_at = now(), locked_until = NULL, lease_token = NULL,
-       error_reason = %(reason)s, error_message = NULL
- WHERE j.id = %(job_id)s AND j.status = 'awaiting_approval'
-RETURNING j.id, j.conversation_id
-"""
-
-_NEXT_PENDING = """
-SELECT j.id FROM agent_job AS j
- WHERE j.conversation_id = %s AND j.status = 'pending'
- ORDER BY j.id LIMIT 1
-"""
-
-# The completion's hand-over (issue 13 item 2), sent in the COMMIT's round trip and run after the
-# commit: the conversation's oldest pending job, and, when it is available and nothing is ahead
-# of it, that job claimed for the same worker under a fresh token, exactly as _CLAIM would claim
-# it (a pending job: attempts unchanged). ``next`` is read from the snapshot the UPDATE sees; a
-# concurrent claim of the same row makes the UPDATE re-check ``status = 'pending'`` and match
-# nothing, and a race with another job of the conversation is refused by the partial unique
-# index, as for any claim. The first column is the next job's id either way.
-_CLAIM_NEXT = f"""
-WITH next AS (
-    SELECT j.id FROM agent_job AS j
-     WHERE j.conversation_id = %(conversation_id)s AND j.status = 'pending'
-     ORDER BY j.id LIMIT 1
-), taken AS (
-    UPDATE agent_job AS j
-       SET {_TAKE_LEASE}
-     WHERE j.id = (SELECT next.id FROM next)
-       AND j.status = 'pending' AND j.available_at <= now()
-       AND NOT {_AHEAD_OF_J}
-    RETURNING j.id, j.conversation_id, j.message_id, j.kind, j.payload, j.attempts, j.max_attempts,
-              j.locked_until
-)
-SELECT next.id, taken.id, taken.conversation_id, taken.message_id, taken.kind, taken.payload,
-       taken.attempts, taken.max_attempts, taken.locked_until
-  FROM next LEFT JOIN taken ON taken.id = next.id
-"""
-
-# Planned once per connection like the claim (pg_stat_statements on a private cluster during
-# bench.queue: planning was 0.46 ms of _CLAIM_NEXT's 0.65 ms and 0.20 of _COMPLETE_AND_HOLD's
-# 0.34 ms). Their partial-index predicates are literals too (tests/queue/test_chain.py).
-_CLAIM_NEXT_PREPARED = Prepared(
-    "zenthor_claim_next",
-    _CLAIM_NEXT,
-    {"conversation_id": "bigint", "worker": "text", "token": "text", "lock_ms": "bigint"},
-)
-
-# The only index a claim can collide with (I2): another job of the conversation became processing.
-_ONE_PROCESSING_INDEX = "agent_job_one_processing_per_conversation"
 
 
 class LeaseLost(Exception):
@@ -474,37 +233,6 @@ class Enqueued:
     delay_ms: int = 0
 
 
-_ENQUEUE = f"""
-INSERT INTO agent_job AS j (conversation_id, message_id, kind, payload, max_attempts)
-VALUES (%(conversation_id)s, %(message_id)s, %(kind)s, %(payload)s, %(max_attempts)s)
-RETURNING j.id, {_AHEAD_OF_J}, 0::bigint
-"""
-
-# A turn with a debounce (issue 14, item 2): the conversation's burst (its pending turn jobs and
-# this one) becomes available after ``debounce_ms`` of quiet, and never later than ``max_ms``
-# after the oldest of them arrived. Earlier jobs of the burst are pushed to the same moment (never
-# pulled earlier: a retry's backoff stays); a head whose nudge was already sent is refused as not
-# yet available and asks again then. The caller holds the conversation's lock (accept), so no
-# other writer moves these rows meanwhile; a claim racing the push re-checks the row after it.
-_ENQUEUE_DEBOUNCED = f"""
-WITH burst AS (
-    SELECT least(now() + %(debounce_ms)s * interval '1 millisecond',
-                 coalesce(min(p.created_at), now()) + %(max_ms)s * interval '1 millisecond') AS at
-      FROM agent_job AS p
-     WHERE p.conversation_id = %(conversation_id)s AND p.status = 'pending' AND p.kind = 'turn'
-), pushed AS (
-    UPDATE agent_job AS p SET available_at = greatest(p.available_at, (SELECT burst.at FROM burst))
-     WHERE p.conversation_id = %(conversation_id)s AND p.status = 'pending' AND p.kind = 'turn'
-    RETURNING p.id
-)
-INSERT INTO agent_job AS j (conversation_id, message_id, kind, payload, max_attempts, available_at)
-VALUES (%(conversation_id)s, %(message_id)s, %(kind)s, %(payload)s, %(max_attempts)s,
-        (SELECT burst.at FROM burst))
-RETURNING j.id, {_AHEAD_OF_J},
-          greatest(0, ceil(extract(epoch FROM j.available_at - now()) * 1000))::bigint
-"""
-
-
 def enqueue(
     conversation_id: int,
     message_id: int | None,
@@ -522,7 +250,7 @@ def enqueue(
     quiet, at most ``debounce_max_ms`` after the oldest of them arrived (``Enqueued.delay_ms``)."""
     debounced = kind == "turn" and debounce_ms > 0
     rows = execute(
-        _ENQUEUE_DEBOUNCED if debounced else _ENQUEUE,
+        sql.ENQUEUE_DEBOUNCED if debounced else sql.ENQUEUE,
         {
             "conversation_id": conversation_id,
             "message_id": message_id,
@@ -556,7 +284,7 @@ def claim(job_id: int, worker_id: str, *, lock_ms: int | None = None) -> Lease |
         "legacy_ms": settings.AGENT_JOB_LEGACY_WINDOW_MS,
     }
     try:
-        rows = execute_prepared(_CLAIM_PREPARED, params)
+        rows = execute_prepared(sql.CLAIM_PREPARED, params)
     except IntegrityError:
         # Another job of this conversation became processing between our check and our write:
         # the partial unique index refused us (I2).
@@ -606,7 +334,7 @@ def announce_claim(lease: Lease, *, chained: bool = False) -> None:
 
 
 def _why_refused(params: dict[str, Any]) -> ClaimRefused:
-    rows = execute(_WHY_REFUSED, params)
+    rows = execute(sql.WHY_REFUSED, params)
     job_id = params["job_id"]
     if not rows:
         return ClaimRefused(job_id, "not_found")
@@ -636,7 +364,7 @@ def heartbeat(leases: Iterable[Lease], *, lock_ms: int | None = None, db: Any = 
     if not held:
         return []
     rows = execute(
-        _HEARTBEAT,
+        sql.HEARTBEAT,
         (
             lock_ms or _settings().AGENT_JOB_LOCK_MS,
             [lease.job_id for lease in held],
@@ -681,7 +409,7 @@ def complete(
     params = {"job_id": lease.job_id, "token": lease.token, "status": status}
     hand_over_token: str | None = None
     if chain_to is None:
-        then: tuple[str | Prepared, Any] = (_NEXT_PENDING, (lease.conversation_id,))
+        then: tuple[str | Prepared, Any] = (sql.NEXT_PENDING, (lease.conversation_id,))
     else:
         hand_over_token = str(uuid.uuid4())
         next_params = {
@@ -690,7 +418,7 @@ def complete(
             "token": hand_over_token,
             "lock_ms": _settings().AGENT_JOB_LOCK_MS,
         }
-        then = (_CLAIM_NEXT_PREPARED, next_params)
+        then = (sql.CLAIM_NEXT_PREPARED, next_params)
 
     def complete_once() -> T | None:
         # The next-job probe rides on the COMMIT's round trip and still runs after the commit: a
@@ -702,7 +430,7 @@ def complete(
                 result = _complete_in_transaction(lease, params, write)
                 committing = True
         except IntegrityError as error:
-            if not (committing and chain_to is not None and _constraint(error) == _ONE_PROCESSING_INDEX):
+            if not (committing and chain_to is not None and _constraint(error) == sql.ONE_PROCESSING_INDEX):
                 raise
             # The COMMIT went through; the hand-over after it lost a race with another claim in
             # this conversation, which now holds it and nudges what follows.
@@ -743,29 +471,13 @@ def complete(
         raise
 
 
-_COMMITTED = """
-SELECT j.status IN ('done', 'awaiting_approval') FROM agent_job AS j
- WHERE j.id = %(job_id)s AND j.lease_token = %(token)s::uuid
-"""
-
-# A hand-over's claim given back, found by its token (through the processing-only unique index):
-# pending again, no attempt counted, as a warm shutdown's release.
-_RELEASE_HAND_OVER = """
-UPDATE agent_job AS j
-   SET status = 'pending', locked_until = NULL, lease_token = NULL, available_at = now()
- WHERE j.conversation_id = %(conversation_id)s AND j.status = 'processing'
-   AND j.lease_token = %(token)s::uuid
-RETURNING j.id
-"""
-
-
 def _completion_committed(lease: Lease) -> bool:
     """Whether this lease's completion committed, asked on a live session (a completion leaves
     its token on the row; a takeover would have replaced it)."""
     if _session_lost():
         _drop_session()
     params = {"job_id": lease.job_id, "token": lease.token}
-    rows = on_live_session(lambda: execute(_COMMITTED, params), operation="complete", job_id=lease.job_id)
+    rows = on_live_session(lambda: execute(sql.COMMITTED, params), operation="complete", job_id=lease.job_id)
     return bool(rows and rows[0][0])
 
 
@@ -775,7 +487,7 @@ def _release_hand_over(conversation_id: int, token: str) -> None:
     try:
         if _session_lost():
             _drop_session()
-        rows = execute(_RELEASE_HAND_OVER, {"conversation_id": conversation_id, "token": token})
+        rows = execute(sql.RELEASE_HAND_OVER, {"conversation_id": conversation_id, "token": token})
     except Exception:  # noqa: BLE001 - already on an error path
         return
     for (job_id,) in rows:
@@ -794,14 +506,14 @@ def _complete_in_transaction(
     # The fenced update comes first: it locks the row, so a concurrent takeover waits for us and
     # then finds the job finished. Its BEGIN travels with it (zenthor.db.ZenthorDatabase).
     if write is None:
-        if not execute(_COMPLETE, params):
+        if not execute(sql.COMPLETE, params):
             lease.mark_lost("complete")
             raise LeaseLost(lease.job_id, "complete")
         return None
     # Then, in the same statement, the conversation, before anything the turn writes: its outbox
     # rows commit in id order (I5), and the approvals it supersedes are locked after the
     # conversation, as accept locks them, so the two cannot deadlock.
-    rows = execute_prepared(_COMPLETE_AND_HOLD_PREPARED, params, in_transaction=True)
+    rows = execute_prepared(sql.COMPLETE_AND_HOLD_PREPARED, params, in_transaction=True)
     if not rows:
         lease.mark_lost("complete")
         raise LeaseLost(lease.job_id, "complete")
@@ -839,10 +551,10 @@ def fail(
         with database.atomic():
             if retry and not lease.is_last_attempt:
                 params["delay_ms"] = retry_delay_ms(lease.attempt)
-                rows = execute(_RETRY, params)
+                rows = execute(sql.RETRY, params)
                 if rows:
                     return FailOutcome(final=False, attempts=rows[0][0], delay_ms=params["delay_ms"])
-            rows = execute(_FAIL, params)
+            rows = execute(sql.FAIL, params)
             if not rows:
                 lease.mark_lost("fail")
                 raise LeaseLost(lease.job_id, "fail")
@@ -878,7 +590,7 @@ def release(lease: Lease, *, reason: str, db: Any = None) -> bool:
     if lease.lost:
         return False
     lease.finishing = True
-    released = bool(execute(_RELEASE, {"job_id": lease.job_id, "token": lease.token}, db=db))
+    released = bool(execute(sql.RELEASE, {"job_id": lease.job_id, "token": lease.token}, db=db))
     if released:
         # This process gave the job up (no "lease lost" event): any later write by it must fail.
         lease._lost.set()
@@ -901,7 +613,7 @@ def release_after_lost_session(lease: Lease) -> bool:
     _drop_session()
 
     def release_once() -> bool:
-        return bool(execute(_RELEASE_SESSION_LOST, {"job_id": lease.job_id, "token": lease.token}))
+        return bool(execute(sql.RELEASE_SESSION_LOST, {"job_id": lease.job_id, "token": lease.token}))
 
     lease.finishing = True
     try:
@@ -922,7 +634,7 @@ def requeue_stale(*, limit: int = 500, on_failed: Callable[[StaleJob], Any] | No
     """
     params = {"limit": limit, "legacy_ms": _settings().AGENT_JOB_LEGACY_WINDOW_MS}
     with database.atomic():
-        stale = [StaleJob(*row) for row in execute(_REQUEUE_STALE, params)]
+        stale = [StaleJob(*row) for row in execute(sql.REQUEUE_STALE, params)]
         failed = [job for job in stale if job.status == "failed"]
         if failed and on_failed is not None:
             # Their conversations in id order, before the first failure reply (see complete()).
@@ -956,7 +668,7 @@ def resume_job(job_id: int, payload: Any) -> bool:
     it (one already processing finishes first). False when the job is not awaiting approval
     (already resumed).
     """
-    rows = execute(_RESUME, {"job_id": job_id, "payload": Json(payload)})
+    rows = execute(sql.RESUME, {"job_id": job_id, "payload": Json(payload)})
     if rows:
         emit(ev.JOB_ENQUEUED, job_id=rows[0][0], conversation_id=rows[0][1], kind="resume")
     return bool(rows)
@@ -968,60 +680,10 @@ def close_awaiting(job_id: int, reason: str) -> bool:
     False when the job is not awaiting approval
     (resumed or closed by someone else first).
     """
-    rows = execute(_CLOSE_AWAITING, {"job_id": job_id, "reason": reason})
+    rows = execute(sql.CLOSE_AWAITING, {"job_id": job_id, "reason": reason})
     if rows:
         emit(ev.JOB_CLOSED, job_id=rows[0][0], conversation_id=rows[0][1], reason=reason)
     return bool(rows)
-
-
-_RETRY_TARGET = """
-SELECT j.id, j.conversation_id, j.message_id, j.kind, j.payload, j.max_attempts, j.status
-  FROM agent_job AS j WHERE j.id = %s
-   FOR NO KEY UPDATE
-"""
-
-_RETRIED_AS = "SELECT id, status FROM agent_job WHERE retry_of = %s"
-
-_INSERT_RETRY = """
-INSERT INTO agent_job (conversation_id, message_id, kind, payload, max_attempts, retry_of)
-VALUES (%s, %s, %s, %s, %s, %s)
-RETURNING id
-"""
-
-# The job's conversation rows go with it to the back of the line: the user's message and any
-# call, question or answer. The failure reply stays where the user saw it. A user message of
-# before 0007 names no job (the history finds it through agent_job.message_id): it moves too.
-_MOVE_MESSAGES = """
-UPDATE message SET job_id = %(new)s
- WHERE (job_id = %(old)s AND kind IS DISTINCT FROM 'failure')
-    OR (id = %(message)s AND job_id IS NULL)
-"""
-
-# A failed resume keeps its approval (idempotency key tool_approval:<id>): the tool runs once.
-_MOVE_APPROVALS = "UPDATE tool_approval SET job_id = %(new)s WHERE job_id = %(old)s"
-
-# What a retried job waits behind (I2): a job awaiting approval does not hold the line.
-_OPEN = "('pending', 'processing')"
-
-_HAS_APPROVAL = "SELECT 1 FROM tool_approval WHERE job_id = %s"
-
-_RETRY_PREVIEW = f"""
-SELECT j.conversation_id, j.status, j.error_reason, j.error_message,
-       (SELECT count(*) FROM agent_job AS o
-         WHERE o.conversation_id = j.conversation_id AND o.status IN {_OPEN}) AS open_now,
-       (SELECT count(*) FROM agent_job AS n
-         WHERE n.conversation_id = j.conversation_id AND n.id > j.id
-           AND n.status IN ('done', 'awaiting_approval')) AS answered_since,
-       r.id, r.status
-  FROM agent_job AS j
-  LEFT JOIN agent_job AS r ON r.retry_of = j.id
- WHERE j.id = %s
-"""
-
-_OPEN_AHEAD = f"""
-SELECT count(*) FROM agent_job
- WHERE conversation_id = %s AND id < %s AND status IN {_OPEN}
-"""
 
 
 @dataclass(frozen=True)
@@ -1075,7 +737,7 @@ class RetryRefused:
 
 def retry_preview(job_id: int) -> RetryPreview | None:
     """What a retry of job ``job_id`` would mean for its conversation (None: no such job)."""
-    rows = execute(_RETRY_PREVIEW, (job_id,))
+    rows = execute(sql.RETRY_PREVIEW, (job_id,))
     if not rows:
         return None
     conversation_id, status, reason, message, open_now, answered, retried_as, retried_status = rows[0]
@@ -1115,20 +777,20 @@ def retry_failed(job_id: int) -> RetriedJob | RetryRefused:
 
 def _retry_in_transaction(job_id: int) -> RetriedJob | RetryRefused:
     # The old job first, then its conversation: the order every writer keeps (see complete()).
-    rows = execute(_RETRY_TARGET, (job_id,))
+    rows = execute(sql.RETRY_TARGET, (job_id,))
     if not rows:
         return RetryRefused(job_id, "not_found")
     _, conversation_id, message_id, kind, payload, max_attempts, status = rows[0]
-    retried = execute(_RETRIED_AS, (job_id,))
+    retried = execute(sql.RETRIED_AS, (job_id,))
     if retried:
         return RetryRefused(job_id, "already_retried", status, retried[0][0], retried[0][1])
     if status != "failed":
         return RetryRefused(job_id, "not_failed", status)
-    if message_id is None or (kind == "resume" and not execute(_HAS_APPROVAL, (job_id,))):
+    if message_id is None or (kind == "resume" and not execute(sql.HAS_APPROVAL, (job_id,))):
         return RetryRefused(job_id, "pruned", status)  # retention took what the turn would read
     lock_conversation(conversation_id)  # the new id is drawn in commit order, behind every job
     ((new_id,),) = execute(
-        _INSERT_RETRY,
+        sql.INSERT_RETRY,
         (
             conversation_id,
             message_id,
@@ -1139,9 +801,9 @@ def _retry_in_transaction(job_id: int) -> RetriedJob | RetryRefused:
         ),
     )
     moves = {"new": new_id, "old": job_id, "message": message_id}
-    execute(_MOVE_MESSAGES, moves)
-    execute(_MOVE_APPROVALS, moves)
-    ((open_ahead,),) = execute(_OPEN_AHEAD, (conversation_id, new_id))
+    execute(sql.MOVE_MESSAGES, moves)
+    execute(sql.MOVE_APPROVALS, moves)
+    ((open_ahead,),) = execute(sql.OPEN_AHEAD, (conversation_id, new_id))
     return RetriedJob(job_id, new_id, conversation_id, open_ahead, kind)
 
 
@@ -1162,7 +824,9 @@ def retry_refusal(job_id: int, preview: RetryPreview | None) -> RetryRefused | N
 def republish_candidates(*, grace_ms: int | None = None, limit: int = 1000) -> list[tuple[int, int]]:
     """Pending heads of line nobody claimed within the grace period, as (job_id, conversation_id)."""
     grace = _settings().DISPATCH_REPUBLISH_GRACE_MS if grace_ms is None else grace_ms
-    return [(row[0], row[1]) for row in execute(_REPUBLISH_CANDIDATES, {"grace_ms": grace, "limit": limit})]
+    return [
+        (row[0], row[1]) for row in execute(sql.REPUBLISH_CANDIDATES, {"grace_ms": grace, "limit": limit})
+    ]
 
 
 def next_pending_job(conversation_id: int) -> int | None:
@@ -1171,5 +835,5 @@ def next_pending_job(conversation_id: int) -> int | None:
     A job awaiting approval is passed over (it waits for its asker, not for the line); once
     resumed it is pending again and, being older, comes first.
     """
-    rows = execute(_NEXT_PENDING, (conversation_id,))
+    rows = execute(sql.NEXT_PENDING, (conversation_id,))
     return rows[0][0] if rows else None

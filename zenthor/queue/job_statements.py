@@ -1,0 +1,387 @@
+"""Every SQL statement of :mod:`zenthor.queue.jobs`, in one place: the lease statements on
+``agent_job`` (claim, hand-over, heartbeat, completion, failure, release, the sweep's requeue and
+re-publish), the inserts of new jobs, and an operator's retry.
+
+Statements only: when and how each runs (one statement or one short transaction, fenced by a
+lease token) is :mod:`zenthor.queue.jobs`'s business. Partial-index predicates stay literals
+(``status = 'pending'``), so the generic plans of the prepared statements still use those indexes
+(``tests/queue/test_round_trips.py``, ``tests/queue/test_chain.py``).
+"""
+
+from __future__ import annotations
+
+from zenthor.db import Prepared
+
+# A lease counts as expired when locked_until has passed; a legacy row (no lease columns) counts
+# as expired once its newest timestamp is older than the legacy window.
+EXPIRED = """(
+    (j.locked_until IS NOT NULL AND j.locked_until < now())
+ OR (j.locked_until IS NULL
+     AND coalesce(j.last_heartbeat_at, j.started_at, j.created_at)
+         < now() - %(legacy_ms)s * interval '1 millisecond')
+)"""
+
+
+# "Something in this conversation is ahead of job j": an older pending job (FIFO, answered from the
+# partial index agent_job_pending_fifo) or another job processing now (from the partial unique
+# index). Kept as two probes that match those index predicates exactly; one probe over both
+# statuses matches neither index and scans every older job of the table. A job awaiting approval
+# is not ahead of anyone (issue 11): only its asker can move it, and the others must not wait.
+AHEAD_OF_J = """(
+    EXISTS (SELECT 1 FROM agent_job AS older
+             WHERE older.conversation_id = j.conversation_id AND older.id < j.id
+               AND older.status = 'pending')
+ OR EXISTS (SELECT 1 FROM agent_job AS busy
+             WHERE busy.conversation_id = j.conversation_id AND busy.status = 'processing'
+               AND busy.id <> j.id)
+)"""
+
+
+# What every claim writes: the lease, for the worker, under its fresh token.
+TAKE_LEASE = """status = 'processing',
+       processor_id = %(worker)s,
+       lease_token = %(token)s::uuid,
+       locked_until = now() + %(lock_ms)s * interval '1 millisecond',
+       started_at = now(),
+       last_heartbeat_at = now(),
+       finished_at = NULL"""
+
+
+CLAIM = f"""
+UPDATE agent_job AS j
+   SET {TAKE_LEASE},
+       attempts = CASE WHEN j.status = 'processing' THEN j.attempts + 1 ELSE j.attempts END
+ WHERE j.id = %(job_id)s
+   AND (   (j.status = 'pending' AND j.available_at <= now())
+        OR (j.status = 'processing' AND j.attempts + 1 < j.max_attempts AND {EXPIRED}))
+   AND NOT {AHEAD_OF_J}
+RETURNING j.id, j.conversation_id, j.message_id, j.kind, j.payload, j.attempts, j.max_attempts,
+          j.locked_until,
+          (SELECT prev.status FROM agent_job AS prev WHERE prev.id = j.id) AS previous_status
+"""
+
+
+# The claim, planned once per connection (issue 13 item 1): the partial-index predicates of
+# AHEAD_OF_J are literals, so the generic plan Postgres keeps after five executions still probes
+# agent_job_pending_fifo and the processing-only indexes (tests/queue/test_round_trips.py). Planning
+# cost ~0.25 ms of Postgres CPU per claim; an EXECUTE of the generic plan ~0.01 ms.
+CLAIM_PREPARED = Prepared(
+    "zenthor_claim",
+    CLAIM,
+    {"job_id": "bigint", "worker": "text", "token": "text", "lock_ms": "bigint", "legacy_ms": "bigint"},
+)
+
+
+WHY_REFUSED = f"""
+SELECT j.status, j.available_at <= now() AS available, {EXPIRED} AS expired,
+       greatest(0, ceil(extract(epoch FROM j.available_at - now()) * 1000))::bigint AS available_in_ms,
+       j.attempts + 1 < j.max_attempts AS attempts_left, j.processor_id, j.conversation_id,
+       {AHEAD_OF_J} AS older_open
+  FROM agent_job AS j WHERE j.id = %(job_id)s
+"""
+
+
+HEARTBEAT = """
+UPDATE agent_job AS j
+   SET locked_until = now() + %s * interval '1 millisecond', last_heartbeat_at = now()
+  FROM (SELECT unnest(%s::bigint[]) AS id, unnest(%s::uuid[]) AS token) AS held
+ WHERE j.id = held.id AND j.lease_token = held.token AND j.status = 'processing'
+RETURNING j.id
+"""
+
+
+FENCE = "j.id = %(job_id)s AND j.lease_token = %(token)s::uuid AND j.status = 'processing'"
+
+
+COMPLETE = f"""
+UPDATE agent_job AS j
+   SET status = %(status)s, finished_at = CASE WHEN %(status)s = 'done' THEN now() END,
+       locked_until = NULL, error_reason = NULL, error_message = NULL
+ WHERE {FENCE}
+RETURNING j.id
+"""
+
+
+# The completion's first statement when the turn writes rows: the fenced update, then the
+# conversation's row lock and the route its replies need, in one round trip. ``held`` finds the
+# conversation through ``done`` only, so Postgres must run the update (and lock the job row)
+# before it can look the conversation up: the lock order job -> conversation holds (I5). A lost
+# lease updates nothing, so nothing is locked and no row comes back.
+COMPLETE_AND_HOLD = f"""
+WITH done AS (
+    UPDATE agent_job AS j
+       SET status = %(status)s, finished_at = CASE WHEN %(status)s = 'done' THEN now() END,
+           locked_until = NULL, error_reason = NULL, error_message = NULL
+     WHERE {FENCE}
+    RETURNING j.conversation_id
+), held AS (
+    SELECT c.id, c.channel, c.account_id, c.chat_id FROM conversation AS c
+     WHERE c.id = (SELECT done.conversation_id FROM done)
+       FOR NO KEY UPDATE
+)
+SELECT done.conversation_id, held.channel, held.account_id, held.chat_id
+  FROM done LEFT JOIN held ON held.id = done.conversation_id
+"""
+
+
+# Inside the completion's transaction, as its first statement: a statement the server lost
+# aborts the transaction, and complete() runs it again (zenthor.db.PreparedStatementLost).
+COMPLETE_AND_HOLD_PREPARED = Prepared(
+    "zenthor_complete_and_hold", COMPLETE_AND_HOLD, {"job_id": "bigint", "token": "text", "status": "text"}
+)
+
+
+RETRY = f"""
+UPDATE agent_job AS j
+   SET status = 'pending', attempts = j.attempts + 1, locked_until = NULL, lease_token = NULL,
+       available_at = now() + %(delay_ms)s * interval '1 millisecond',
+       error_reason = %(reason)s, error_message = %(message)s
+ WHERE {FENCE} AND j.attempts + 1 < j.max_attempts
+RETURNING j.attempts
+"""
+
+
+FAIL = f"""
+UPDATE agent_job AS j
+   SET status = 'failed', attempts = j.attempts + 1, locked_until = NULL, finished_at = now(),
+       error_reason = %(reason)s, error_message = %(message)s
+ WHERE {FENCE}
+RETURNING j.attempts
+"""
+
+
+RELEASE = f"""
+UPDATE agent_job AS j
+   SET status = 'pending', locked_until = NULL, lease_token = NULL, available_at = now()
+ WHERE {FENCE}
+RETURNING j.id
+"""
+
+
+# The free release after a cut session, once per job in a row: a job released this way before
+# (error_reason still 'session_lost') keeps its lease until it expires, and the sweep's requeue
+# counts an attempt, so a turn that itself kills its session cannot loop for free.
+RELEASE_SESSION_LOST = f"""
+UPDATE agent_job AS j
+   SET status = 'pending', locked_until = NULL, lease_token = NULL, available_at = now(),
+       error_reason = 'session_lost'
+ WHERE {FENCE} AND j.error_reason IS DISTINCT FROM 'session_lost'
+RETURNING j.id
+"""
+
+
+REQUEUE_STALE = f"""
+WITH stale AS (
+    SELECT j.id FROM agent_job AS j
+     WHERE j.status = 'processing' AND {EXPIRED}
+     ORDER BY j.id
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE agent_job AS j
+   SET status = CASE WHEN j.attempts + 1 >= j.max_attempts THEN 'failed' ELSE 'pending' END,
+       attempts = j.attempts + 1,
+       available_at = now(),
+       locked_until = NULL,
+       lease_token = NULL,
+       finished_at = CASE WHEN j.attempts + 1 >= j.max_attempts THEN now() END,
+       error_reason = 'stale_lease',
+       error_message = 'lease of ' || coalesce(j.processor_id, 'an unknown worker') || ' expired'
+  FROM stale
+ WHERE j.id = stale.id
+RETURNING j.id, j.conversation_id, j.status, j.attempts, j.message_id
+"""
+
+
+# The head of each conversation's line that nobody claimed within the grace period: a lost or
+# refused publish. Its available_at moves to now so it is re-published once per grace period.
+REPUBLISH_CANDIDATES = f"""
+WITH heads AS (
+    SELECT j.id FROM agent_job AS j
+     WHERE j.status = 'pending'
+       AND j.available_at < now() - %(grace_ms)s * interval '1 millisecond'
+       AND NOT {AHEAD_OF_J}
+     ORDER BY j.available_at
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE agent_job AS j SET available_at = now()
+  FROM heads WHERE j.id = heads.id
+RETURNING j.id, j.conversation_id
+"""
+
+
+RESUME = """
+UPDATE agent_job AS j
+   SET status = 'pending', kind = 'resume', payload = %(payload)s, attempts = 0,
+       available_at = now(), locked_until = NULL, lease_token = NULL, finished_at = NULL,
+       error_reason = NULL, error_message = NULL
+ WHERE j.id = %(job_id)s AND j.status = 'awaiting_approval'
+RETURNING j.id, j.conversation_id
+"""
+
+
+# A job that waits for an answer that will not come (the user wrote something else) is closed as
+# done: it holds no lease, so only its status fences this write; the reason says why it ended.
+CLOSE_AWAITING = """
+UPDATE agent_job AS j
+   SET status = 'done', finished_at = now(), locked_until = NULL, lease_token = NULL,
+       error_reason = %(reason)s, error_message = NULL
+ WHERE j.id = %(job_id)s AND j.status = 'awaiting_approval'
+RETURNING j.id, j.conversation_id
+"""
+
+
+NEXT_PENDING = """
+SELECT j.id FROM agent_job AS j
+ WHERE j.conversation_id = %s AND j.status = 'pending'
+ ORDER BY j.id LIMIT 1
+"""
+
+
+# The completion's hand-over (issue 13 item 2), sent in the COMMIT's round trip and run after the
+# commit: the conversation's oldest pending job, and, when it is available and nothing is ahead
+# of it, that job claimed for the same worker under a fresh token, exactly as CLAIM would claim
+# it (a pending job: attempts unchanged). ``next`` is read from the snapshot the UPDATE sees; a
+# concurrent claim of the same row makes the UPDATE re-check ``status = 'pending'`` and match
+# nothing, and a race with another job of the conversation is refused by the partial unique
+# index, as for any claim. The first column is the next job's id either way.
+CLAIM_NEXT = f"""
+WITH next AS (
+    SELECT j.id FROM agent_job AS j
+     WHERE j.conversation_id = %(conversation_id)s AND j.status = 'pending'
+     ORDER BY j.id LIMIT 1
+), taken AS (
+    UPDATE agent_job AS j
+       SET {TAKE_LEASE}
+     WHERE j.id = (SELECT next.id FROM next)
+       AND j.status = 'pending' AND j.available_at <= now()
+       AND NOT {AHEAD_OF_J}
+    RETURNING j.id, j.conversation_id, j.message_id, j.kind, j.payload, j.attempts, j.max_attempts,
+              j.locked_until
+)
+SELECT next.id, taken.id, taken.conversation_id, taken.message_id, taken.kind, taken.payload,
+       taken.attempts, taken.max_attempts, taken.locked_until
+  FROM next LEFT JOIN taken ON taken.id = next.id
+"""
+
+
+# Planned once per connection like the claim (pg_stat_statements on a private cluster during
+# bench.queue: planning was 0.46 ms of CLAIM_NEXT's 0.65 ms and 0.20 of COMPLETE_AND_HOLD's
+# 0.34 ms). Their partial-index predicates are literals too (tests/queue/test_chain.py).
+CLAIM_NEXT_PREPARED = Prepared(
+    "zenthor_claim_next",
+    CLAIM_NEXT,
+    {"conversation_id": "bigint", "worker": "text", "token": "text", "lock_ms": "bigint"},
+)
+
+
+# The only index a claim can collide with (I2): another job of the conversation became processing.
+ONE_PROCESSING_INDEX = "agent_job_one_processing_per_conversation"
+
+
+ENQUEUE = f"""
+INSERT INTO agent_job AS j (conversation_id, message_id, kind, payload, max_attempts)
+VALUES (%(conversation_id)s, %(message_id)s, %(kind)s, %(payload)s, %(max_attempts)s)
+RETURNING j.id, {AHEAD_OF_J}, 0::bigint
+"""
+
+
+# A turn with a debounce (issue 14, item 2): the conversation's burst (its pending turn jobs and
+# this one) becomes available after ``debounce_ms`` of quiet, and never later than ``max_ms``
+# after the oldest of them arrived. Earlier jobs of the burst are pushed to the same moment (never
+# pulled earlier: a retry's backoff stays); a head whose nudge was already sent is refused as not
+# yet available and asks again then. The caller holds the conversation's lock (accept), so no
+# other writer moves these rows meanwhile; a claim racing the push re-checks the row after it.
+ENQUEUE_DEBOUNCED = f"""
+WITH burst AS (
+    SELECT least(now() + %(debounce_ms)s * interval '1 millisecond',
+                 coalesce(min(p.created_at), now()) + %(max_ms)s * interval '1 millisecond') AS at
+      FROM agent_job AS p
+     WHERE p.conversation_id = %(conversation_id)s AND p.status = 'pending' AND p.kind = 'turn'
+), pushed AS (
+    UPDATE agent_job AS p SET available_at = greatest(p.available_at, (SELECT burst.at FROM burst))
+     WHERE p.conversation_id = %(conversation_id)s AND p.status = 'pending' AND p.kind = 'turn'
+    RETURNING p.id
+)
+INSERT INTO agent_job AS j (conversation_id, message_id, kind, payload, max_attempts, available_at)
+VALUES (%(conversation_id)s, %(message_id)s, %(kind)s, %(payload)s, %(max_attempts)s,
+        (SELECT burst.at FROM burst))
+RETURNING j.id, {AHEAD_OF_J},
+          greatest(0, ceil(extract(epoch FROM j.available_at - now()) * 1000))::bigint
+"""
+
+
+COMMITTED = """
+SELECT j.status IN ('done', 'awaiting_approval') FROM agent_job AS j
+ WHERE j.id = %(job_id)s AND j.lease_token = %(token)s::uuid
+"""
+
+
+# A hand-over's claim given back, found by its token (through the processing-only unique index):
+# pending again, no attempt counted, as a warm shutdown's release.
+RELEASE_HAND_OVER = """
+UPDATE agent_job AS j
+   SET status = 'pending', locked_until = NULL, lease_token = NULL, available_at = now()
+ WHERE j.conversation_id = %(conversation_id)s AND j.status = 'processing'
+   AND j.lease_token = %(token)s::uuid
+RETURNING j.id
+"""
+
+
+RETRY_TARGET = """
+SELECT j.id, j.conversation_id, j.message_id, j.kind, j.payload, j.max_attempts, j.status
+  FROM agent_job AS j WHERE j.id = %s
+   FOR NO KEY UPDATE
+"""
+
+
+RETRIED_AS = "SELECT id, status FROM agent_job WHERE retry_of = %s"
+
+
+INSERT_RETRY = """
+INSERT INTO agent_job (conversation_id, message_id, kind, payload, max_attempts, retry_of)
+VALUES (%s, %s, %s, %s, %s, %s)
+RETURNING id
+"""
+
+
+# The job's conversation rows go with it to the back of the line: the user's message and any
+# call, question or answer. The failure reply stays where the user saw it. A user message of
+# before 0007 names no job (the history finds it through agent_job.message_id): it moves too.
+MOVE_MESSAGES = """
+UPDATE message SET job_id = %(new)s
+ WHERE (job_id = %(old)s AND kind IS DISTINCT FROM 'failure')
+    OR (id = %(message)s AND job_id IS NULL)
+"""
+
+
+# A failed resume keeps its approval (idempotency key tool_approval:<id>): the tool runs once.
+MOVE_APPROVALS = "UPDATE tool_approval SET job_id = %(new)s WHERE job_id = %(old)s"
+
+
+# What a retried job waits behind (I2): a job awaiting approval does not hold the line.
+OPEN = "('pending', 'processing')"
+
+
+HAS_APPROVAL = "SELECT 1 FROM tool_approval WHERE job_id = %s"
+
+
+RETRY_PREVIEW = f"""
+SELECT j.conversation_id, j.status, j.error_reason, j.error_message,
+       (SELECT count(*) FROM agent_job AS o
+         WHERE o.conversation_id = j.conversation_id AND o.status IN {OPEN}) AS open_now,
+       (SELECT count(*) FROM agent_job AS n
+         WHERE n.conversation_id = j.conversation_id AND n.id > j.id
+           AND n.status IN ('done', 'awaiting_approval')) AS answered_since,
+       r.id, r.status
+  FROM agent_job AS j
+  LEFT JOIN agent_job AS r ON r.retry_of = j.id
+ WHERE j.id = %s
+"""
+
+
+OPEN_AHEAD = f"""
+SELECT count(*) FROM agent_job
+ WHERE conversation_id = %s AND id < %s AND status IN {OPEN}
+"""
