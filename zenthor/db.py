@@ -430,6 +430,12 @@ def connect_kwargs(url: str, *, role: str = "") -> dict[str, Any]:
         "options": "-c timezone=UTC",
         "connect_timeout": 5,
         "application_name": f"zenthor {os.getpid()} {role}".strip(),
+        # A connection that a NAT or load balancer dropped while it sat in the pool is found dead
+        # within a minute instead of hanging a checkout's liveness check (TCP keepalives).
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
     }
     if parsed.password:
         kwargs["password"] = unquote(parsed.password)
