@@ -123,8 +123,16 @@ def test_a_burst_whose_later_messages_get_no_nudge_is_answered_in_order(worker, 
     from zenthor.models import AgentJob
 
     settings_env(AGENT_TURN="tests.support.turns:scripted_turn")
-    results = [accept(inbound(f"m{n}", message_id=f"burst-{n}"), publish=publish_dispatch) for n in range(5)]
+    # The nudges are recorded first and sent once all five are in, so no job finishes (and stops
+    # holding the line) before the last is accepted.
+    recorded: list[int] = []
+    results = [
+        accept(inbound(f"m{n}", message_id=f"burst-{n}"), publish=no_publish(recorded)) for n in range(5)
+    ]
     assert [r.behind for r in results] == [False, True, True, True, True]
+    assert recorded == [results[0].job_id]
+    for job_id in recorded:
+        publish_dispatch(job_id)
     jobs = [r.job_id for r in results]
     wait_for(
         lambda: {j.status for j in AgentJob.select().where(AgentJob.id.in_(jobs))} == {"done"},
@@ -132,6 +140,34 @@ def test_a_burst_whose_later_messages_get_no_nudge_is_answered_in_order(worker, 
         message="every job of the burst done",
     )
     assert assistant_messages(results[0].conversation_id) == [f"done: m{n}" for n in range(5)]
+
+
+def test_a_commit_whose_answer_was_lost_is_still_accepted_and_published(monkeypatch):
+    """The session dies right after the server committed (its answer never arrives): accept()
+    asks the database, finds its message stored, and publishes the nudge, where a retry would
+    have found the dedupe key and answered "duplicate" with the job never nudged."""
+    from peewee import OperationalError
+
+    from zenthor.db import database
+
+    execute("SELECT 1")  # this thread's connection, kept as a gateway thread keeps it
+    real_commit = type(database.obj).commit
+    armed = [True]
+
+    def commit_then_die(self):
+        real_commit(self)
+        if armed:
+            armed.clear()
+            self._state.conn.close()
+            raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(type(database.obj), "commit", commit_then_die)
+    published: list[int] = []
+    result = accept(inbound("lost answer", message_id="lost-1"), publish=no_publish(published))
+    assert not armed  # the commit's answer was lost
+    assert result.status == "accepted"
+    assert published == [result.job_id]
+    assert count("agent_job") == 1
 
 
 def test_a_failed_publish_keeps_the_job_pending_for_the_sweep():

@@ -407,3 +407,38 @@ def test_a_shutdown_right_after_a_hand_over_gives_the_handed_job_to_another_work
         dispatch.process_job(jobs[0])
     assert [status for status, _ in job_rows(jobs)] == ["done", "pending"]
     assert ("dispatch", jobs[1], dispatch.HANDOVER_DELAY_MS) in published
+
+
+def test_a_time_limit_that_strikes_while_the_completion_commits_leaves_the_job_done_and_the_next_nudged(
+    settings_env, published, monkeypatch
+):
+    """Dramatiq's time limit is raised into the thread: landing right after the COMMIT (here while
+    the hand-over's lease is built), the job is done, not failed, and the next job, given back by
+    the completion, is nudged at once rather than left to the sweep."""
+    import sys
+
+    from dramatiq.middleware import TimeLimitExceeded
+
+    dispatch = sys.modules["zenthor.actors.dispatch"]
+    jobs_module = sys.modules["zenthor.queue.jobs"]
+    settings_env(AGENT_TURN=ONE_REPLY)
+    conversation = make_conversation("time-limit-commit")
+    jobs = [make_job(conversation, "a"), make_job(conversation, "b")]
+    real_lease_of = jobs_module._lease_of
+
+    calls: list[int] = []
+
+    def struck(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the first builds the claim's lease, the second the hand-over's
+            raise TimeLimitExceeded()
+        return real_lease_of(*args, **kwargs)
+
+    monkeypatch.setattr(jobs_module, "_lease_of", struck)
+    try:
+        assert dispatch.process_job(jobs[0]) == "done"
+    finally:
+        monkeypatch.setattr(jobs_module, "_lease_of", real_lease_of)
+    assert [status for status, _ in job_rows(jobs)] == ["done", "pending"]
+    assert ("dispatch", jobs[1], None) in published
+    assert assistant_messages(conversation) == ["ok"]

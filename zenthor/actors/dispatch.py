@@ -29,6 +29,7 @@ from zenthor.queue import (
     announce_claim,
     claim,
     complete,
+    completion_committed,
     fail,
     next_pending_job,
     release,
@@ -175,10 +176,8 @@ def _run_claimed(lease: Lease, chain: _Chain) -> tuple[str, Lease | None]:
         # Warm shutdown: give the job back at once so another worker takes it without waiting.
         if release(lease, reason="shutdown"):
             hand_over(lease.job_id)
-        elif lease.finishing and not lease.lost:
-            # It arrived while the completion committed: the job is done (a hand-over it made was
-            # given back by complete()); nudge what it wrote and the next job, as after any.
-            _after_finish(lease, None)
+        elif not lease.lost and completion_committed(lease):
+            _after_interrupted_completion(lease)
         return "released", None
     except INFRASTRUCTURE_ERRORS as error:
         emit(ev.DATABASE_UNAVAILABLE, operation="turn", job_id=lease.job_id, error=str(error)[:200])
@@ -188,6 +187,10 @@ def _run_claimed(lease: Lease, chain: _Chain) -> tuple[str, Lease | None]:
             publish_dispatch(lease.job_id)
         return "database_unavailable", None
     except TimeLimitExceeded:
+        if completion_committed(lease):
+            # The limit struck while the completion committed: the job is done, not failed.
+            _after_interrupted_completion(lease)
+            return result.status, None
         return _fail(lease, TurnError("time_limit", "the turn exceeded its time limit")), None
     except TurnError as error:
         return _fail(lease, error), None
@@ -203,6 +206,19 @@ def _run_claimed(lease: Lease, chain: _Chain) -> tuple[str, Lease | None]:
                 hand_over(lease.chained.job_id)
         raise
     return result.status, lease.chained
+
+
+def _after_interrupted_completion(lease: Lease) -> None:
+    """A Shutdown or time limit was raised into the thread while ``complete()`` committed: the job
+    is done. A job its hand-over claimed will not run here: give it back and hand it over; else
+    nudge the conversation's next job (the replies' delivery nudge is left to the outbox sweep:
+    which rows the turn wrote is not known here)."""
+    if lease.chained is not None:
+        if release(lease.chained, reason="shutdown"):
+            hand_over(lease.chained.job_id)
+        return
+    lease.next_job_read = False
+    _after_finish(lease, None)
 
 
 def _report_finished(lease: Lease, result: TurnResult, written: WrittenReplies, chain: _Chain) -> None:

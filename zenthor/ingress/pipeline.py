@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from peewee import InterfaceError, OperationalError
+
 from zenthor.db import database, execute
 from zenthor.ingress.answers import AnswerRequest, find_answer
 from zenthor.ingress.dedupe import record_key
@@ -134,8 +136,16 @@ def accept(
         raise RuntimeError("accept() must run outside a transaction: it commits before publishing")
     key = message.dedupe_key()
     policy = policy or policy_for(message.channel, get_settings())
-    with database.atomic():
-        result = _accept_in_transaction(message, key, policy, admit, precondition)
+    committing = False
+    try:
+        with database.atomic():
+            result = _accept_in_transaction(message, key, policy, admit, precondition)
+            committing = True
+    except (OperationalError, InterfaceError):
+        # The session died around the COMMIT. If it went through, a retry would find the dedupe
+        # key and answer "duplicate" without ever publishing this job's nudge: ask the database.
+        if not committing or result.message_id is None or not _stored(result.message_id):
+            raise
     _emit(message, key, result)
     if result.job_id is None or result.behind:
         return result
@@ -153,6 +163,17 @@ def accept(
         result.reason,
         published=published is not False,
     )
+
+
+def _stored(message_id: int) -> bool:
+    """Whether the user message ``message_id`` is committed, asked on a live session."""
+    conn = getattr(getattr(database.obj, "_state", None), "conn", None)
+    if conn is not None and conn.closed:
+        database.obj.manual_close()  # dead: not back to the pool
+    try:
+        return bool(execute("SELECT 1 FROM message WHERE id = %s", (message_id,)))
+    except (OperationalError, InterfaceError):
+        return False  # still away: the caller's error stands, and a retry decides afresh
 
 
 def _accept_in_transaction(

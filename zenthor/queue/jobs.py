@@ -471,6 +471,17 @@ def complete(
         raise
 
 
+def completion_committed(lease: Lease) -> bool:
+    """Whether :func:`complete` committed for ``lease``: for its caller when something (a time
+    limit, a shutdown) was raised into the thread while it ran."""
+    if not lease.finishing:
+        return False
+    try:
+        return _completion_committed(lease)
+    except (OperationalError, InterfaceError):
+        return False
+
+
 def _completion_committed(lease: Lease) -> bool:
     """Whether this lease's completion committed, asked on a live session (a completion leaves
     its token on the row; a takeover would have replaced it)."""
