@@ -93,16 +93,7 @@ RETURNING j.id
 FENCE = "j.id = %(job_id)s AND j.lease_token = %(token)s::uuid AND j.status = 'processing'"
 
 
-COMPLETE = f"""
-UPDATE agent_job AS j
-   SET status = %(status)s, finished_at = CASE WHEN %(status)s = 'done' THEN now() END,
-       locked_until = NULL, error_reason = NULL, error_message = NULL
- WHERE {FENCE}
-RETURNING j.id
-"""
-
-
-# The completion's first statement when the turn writes rows: the fenced update, then the
+# The completion's first statement (with or without rows of the turn): the fenced update, then the
 # conversation's row lock and the route its replies need, in one round trip. ``held`` finds the
 # conversation through ``done`` only, so Postgres must run the update (and lock the job row)
 # before it can look the conversation up: the lock order job -> conversation holds (I5). A lost

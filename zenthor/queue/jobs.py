@@ -515,15 +515,12 @@ def _complete_in_transaction(
     lease: Lease, params: dict[str, Any], write: Callable[[Lease], T] | None
 ) -> T | None:
     # The fenced update comes first: it locks the row, so a concurrent takeover waits for us and
-    # then finds the job finished. Its BEGIN travels with it (zenthor.db.ZenthorDatabase).
-    if write is None:
-        if not execute(sql.COMPLETE, params):
-            lease.mark_lost("complete")
-            raise LeaseLost(lease.job_id, "complete")
-        return None
-    # Then, in the same statement, the conversation, before anything the turn writes: its outbox
-    # rows commit in id order (I5), and the approvals it supersedes are locked after the
-    # conversation, as accept locks them, so the two cannot deadlock.
+    # then finds the job finished. Its BEGIN travels with it (zenthor.db.ZenthorDatabase). Then,
+    # in the same statement, the conversation, before anything the turn writes: its outbox rows
+    # commit in id order (I5), the approvals it supersedes are locked after the conversation, as
+    # accept locks them, so the two cannot deadlock, and an accept of this conversation waits for
+    # our commit, which the next-job read after it then sees (queue.Enqueued's promise): so also
+    # when nothing is written.
     rows = execute_prepared(sql.COMPLETE_AND_HOLD_PREPARED, params, in_transaction=True)
     if not rows:
         lease.mark_lost("complete")
@@ -531,7 +528,7 @@ def _complete_in_transaction(
     conversation_id, channel, account_id, chat_id = rows[0]
     if channel is not None:  # the replies' lock_route answers from here, without a round trip
         held_route(conversation_id, Route(channel, account_id, chat_id))
-    return write(lease)
+    return write(lease) if write is not None else None
 
 
 def retry_delay_ms(attempts: int) -> int:
