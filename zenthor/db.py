@@ -456,16 +456,7 @@ def init_database(url: str | None = None, pool_size: int | None = None) -> Zenth
             return database.obj
         if database.obj is not None:
             database.obj.close_all()
-        kwargs = connect_kwargs(url)
-        db = ZenthorDatabase(
-            kwargs.pop("database"),
-            max_connections=pool_size or settings.DATABASE_POOL_SIZE,
-            stale_timeout=300,
-            timeout=30,
-            autoconnect=True,
-            connection_factory=_Connection,  # remembers its prepared statements
-            **kwargs,
-        )
+        db = _pool(url, pool_size or settings.DATABASE_POOL_SIZE)
         database.initialize(db)
         _initialised_url = url
         return db
@@ -478,18 +469,23 @@ def own_pool(role: str, size: int = 1) -> ZenthorDatabase:
     from zenthor.settings import get_settings
 
     with _init_lock:
-        kwargs = connect_kwargs(_initialised_url or get_settings().DATABASE_URL, role=role)
-        pool = ZenthorDatabase(
-            kwargs.pop("database"),
-            max_connections=size,
-            stale_timeout=300,
-            timeout=30,
-            autoconnect=True,
-            connection_factory=_Connection,
-            **kwargs,
-        )
+        pool = _pool(_initialised_url or get_settings().DATABASE_URL, size, role=role)
         _own_pools.append(pool)
         return pool
+
+
+def _pool(url: str, size: int, *, role: str = "") -> ZenthorDatabase:
+    """A pool of ``size`` connections to ``url``; a checkout waits up to 30 s for a free one."""
+    kwargs = connect_kwargs(url, role=role)
+    return ZenthorDatabase(
+        kwargs.pop("database"),
+        max_connections=size,
+        stale_timeout=300,
+        timeout=30,
+        autoconnect=True,
+        connection_factory=_Connection,  # remembers its prepared statements
+        **kwargs,
+    )
 
 
 def give_back() -> None:

@@ -202,8 +202,7 @@ def _run_claimed(lease: Lease, chain: _Chain) -> tuple[str, Lease | None]:
         # A Shutdown or time limit raised into this thread after the commit: the job handed over
         # will not run here; give it back for another worker now rather than at lease expiry.
         if lease.chained is not None:
-            if release(lease.chained, reason="shutdown"):
-                hand_over(lease.chained.job_id)
+            _hand_back(lease.chained)
         raise
     return result.status, lease.chained
 
@@ -214,11 +213,16 @@ def _after_interrupted_completion(lease: Lease) -> None:
     nudge the conversation's next job (the replies' delivery nudge is left to the outbox sweep:
     which rows the turn wrote is not known here)."""
     if lease.chained is not None:
-        if release(lease.chained, reason="shutdown"):
-            hand_over(lease.chained.job_id)
+        _hand_back(lease.chained)
         return
     lease.next_job_read = False
     _after_finish(lease, None)
+
+
+def _hand_back(chained: Lease) -> None:
+    """Give back a job handed over to this thread that it will not run, for another worker."""
+    if release(chained, reason="shutdown"):
+        hand_over(chained.job_id)
 
 
 def _report_finished(lease: Lease, result: TurnResult, written: WrittenReplies, chain: _Chain) -> None:

@@ -112,11 +112,11 @@ class LeaseHeartbeat(Middleware):
     def release_all(self, *, reason: str) -> list[int]:
         """Give back every lease this process holds and re-publish their jobs."""
         released = []
-        # On the heartbeat's own pool: the main one may be taken by threads still finishing.
-        db = self._db if self._db is not None else None
+        # On the heartbeat's own pool (once it beat): the main one may be taken by threads still
+        # finishing.
         for lease in self.held():
             try:
-                if release(lease, reason=reason, db=db):
+                if release(lease, reason=reason, db=self._db):
                     released.append(lease.job_id)
             except Exception:  # noqa: BLE001 - the sweep takes the lease back when it expires
                 _logger.warning("could not release job %s at shutdown", lease.job_id, exc_info=True)
