@@ -37,6 +37,9 @@ TEST_ENV = {
     "LOG_LEVEL": "INFO",
     "PLUGINS_CONFIG": str(ROOT / "config" / "plugins.toml"),
     "ZENTHOR_ENV": "test",
+    # Most tests send several messages and expect an answer to each; the collect tests (issue 14)
+    # set QUEUE_MODE=collect themselves.
+    "QUEUE_MODE": "followup",
 }
 os.environ.update(TEST_ENV)
 # Process logs, spools and scratch files of this run live in one directory, removed at the end

@@ -58,6 +58,15 @@ class Settings(BaseSettings):
     # first message. 0: off.
     QUEUE_DEBOUNCE_MS: int = Field(default=0, ge=0, le=600_000)
     QUEUE_DEBOUNCE_MAX_MS: int = Field(default=15_000, ge=0, le=3_600_000)
+    # Queue mode (issue 14): ``collect`` answers the turns queued behind the one a worker claims
+    # (at most QUEUE_COLLECT_MAX more) in the same turn, with one reply; ``followup`` gives every
+    # message a turn of its own. Per channel when set (unset: QUEUE_MODE); a conversation's own
+    # choice (``/queue``) goes before both.
+    QUEUE_MODE: Literal["collect", "followup"] = "collect"
+    QUEUE_MODE_WHATSAPP: Literal["collect", "followup"] | None = None
+    QUEUE_MODE_WEBHOOK: Literal["collect", "followup"] | None = None
+    QUEUE_MODE_TERMINAL: Literal["collect", "followup"] | None = None
+    QUEUE_COLLECT_MAX: int = Field(default=20, ge=1, le=1_000)
     # The dispatch actor's Dramatiq time limit; stays below RabbitMQ's consumer_timeout (1 h).
     DISPATCH_TIME_LIMIT_MS: int = Field(default=900_000, ge=1_000)
     # Sub-minute sweep re-checks between periodiq's one-minute ticks (crash recovery latency).
@@ -263,6 +272,21 @@ class Settings(BaseSettings):
                 "(the secret signs requests and replies, replies are POSTed to the callback URL)"
             )
         return self
+
+    @property
+    def channel_queue_modes(self) -> dict[str, str]:
+        """The queue modes set per channel (``QUEUE_MODE_<CHANNEL>``), by channel name."""
+        modes = {
+            "whatsapp": self.QUEUE_MODE_WHATSAPP,
+            "webhook": self.QUEUE_MODE_WEBHOOK,
+            "terminal": self.QUEUE_MODE_TERMINAL,
+        }
+        return {channel: mode for channel, mode in modes.items() if mode is not None}
+
+    def queue_mode_for(self, channel: str, chosen: str | None = None) -> str:
+        """The queue mode a conversation of ``channel`` runs in: its own ``chosen`` mode, else the
+        channel's, else ``QUEUE_MODE``."""
+        return chosen or self.channel_queue_modes.get(channel) or self.QUEUE_MODE
 
     @property
     def ai_configured(self) -> bool:

@@ -252,7 +252,15 @@ def test_the_hand_overs_generic_plan_uses_the_partial_indexes():
     )
     make_job(conversation)
     execute("ANALYZE agent_job")
-    params = {"conversation_id": 0, "worker": "w", "token": str(uuid.uuid4()), "lock_ms": 1000}
+    params = {
+        "conversation_id": 0,
+        "worker": "w",
+        "token": str(uuid.uuid4()),
+        "lock_ms": 1000,
+        "modes": "{}",
+        "mode": "collect",
+        "collect_max": 20,
+    }
     execute_prepared(job_statements.CLAIM_NEXT_PREPARED, params)  # prepared now
     with database.atomic():
         execute("SET LOCAL plan_cache_mode = force_generic_plan")

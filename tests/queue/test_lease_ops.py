@@ -8,7 +8,11 @@ import pytest
 from peewee import IntegrityError
 
 from tests.support.factories import assistant_messages, make_conversation, make_job
-from tests.support.plans import assert_claim_probes_partial_indexes
+from tests.support.plans import (
+    assert_batch_uses_the_fifo_index,
+    assert_claim_probes_partial_indexes,
+    claim_params,
+)
 from zenthor.agent.replies import FAILURE_REPLY, write_failure_reply, write_replies
 from zenthor.db import database, execute
 from zenthor.models import AgentJob, OutboundMessage
@@ -307,7 +311,6 @@ def test_an_operator_can_retry_a_failed_job_once():
 
 def test_the_claim_finds_what_is_ahead_in_line_through_the_partial_indexes():
     """With many finished jobs, the FIFO and busy checks must not scan older rows of the table."""
-    import uuid
 
     from zenthor.queue import job_statements
 
@@ -318,11 +321,11 @@ def test_the_claim_finds_what_is_ahead_in_line_through_the_partial_indexes():
     )
     job_id = make_job(conversation)
     execute("ANALYZE agent_job")
-    params = {"job_id": job_id, "worker": "w", "token": str(uuid.uuid4()), "lock_ms": 1000, "legacy_ms": 1000}
     with database.atomic() as transaction:
-        plan = "\n".join(row[0] for row in execute("EXPLAIN " + job_statements.CLAIM, params))
+        plan = "\n".join(row[0] for row in execute("EXPLAIN " + job_statements.CLAIM, claim_params(job_id)))
         transaction.rollback()
     assert_claim_probes_partial_indexes(plan)
+    assert_batch_uses_the_fifo_index(plan)
 
 
 def test_one_sweep_recheck_chain_and_one_watchdog_winner():

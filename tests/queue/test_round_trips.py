@@ -16,7 +16,7 @@ from peewee import IntegrityError
 
 from tests.conftest import TEST_ENV
 from tests.support.factories import make_conversation, make_job
-from tests.support.plans import assert_claim_probes_partial_indexes
+from tests.support.plans import assert_claim_probes_partial_indexes, claim_params
 from tests.support.trips import executed
 from tests.support.workers import wait_for
 from zenthor.agent.replies import write_replies
@@ -357,9 +357,7 @@ def test_the_prepared_claims_generic_plan_uses_the_partial_indexes():
 
 
 def _claim_params(job_id: int) -> dict[str, object]:
-    import uuid
-
-    return {"job_id": job_id, "worker": "w", "token": str(uuid.uuid4()), "lock_ms": 1000, "legacy_ms": 1000}
+    return claim_params(job_id)
 
 
 def test_a_refused_delivery_nudge_is_logged_once_and_sent_again(settings_env, worker, split_channel, caplog):

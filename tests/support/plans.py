@@ -16,3 +16,32 @@ def assert_claim_probes_partial_indexes(plan: str) -> None:
     processing_only = ("agent_job_one_processing_per_conversation", "agent_job_processing_locked_until")
     assert any(index in scans["busy"] for index in processing_only), plan
     assert "Seq Scan" not in plan, plan
+
+
+def claim_params(job_id: int, *, mode: str = "collect") -> dict[str, object]:
+    """Every parameter of ``job_statements.CLAIM``, for ``EXPLAIN``: a fresh token, and the queue
+    mode (by default ``collect``, so the plan includes the batch's scans too)."""
+    import uuid
+
+    return {
+        "job_id": job_id,
+        "worker": "w",
+        "token": str(uuid.uuid4()),
+        "lock_ms": 1000,
+        "legacy_ms": 1000,
+        "modes": "{}",
+        "mode": mode,
+        "collect_max": 20,
+    }
+
+
+def assert_batch_uses_the_fifo_index(plan: str) -> None:
+    """The collect batch's scans of the jobs behind the head (``stop``, ``batch``, ``answered``)
+    go through ``agent_job_pending_fifo`` too."""
+    for alias in ("q", "p"):
+        lines = [
+            line
+            for line in plan.splitlines()
+            if f" on agent_job {alias} " in line or line.endswith(f" on agent_job {alias}")
+        ]
+        assert lines and all("agent_job_pending_fifo" in line for line in lines), (alias, plan)

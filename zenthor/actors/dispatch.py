@@ -21,7 +21,14 @@ from zenthor.agent.turn import TurnContext, TurnError, TurnResult, load_turn
 from zenthor.broker import lease_heartbeat
 from zenthor.observability import emit
 from zenthor.observability import events as ev
-from zenthor.observability.metrics import CLAIM_SECONDS, LEASE_LOSSES, TURN_SECONDS, TURNS_IN_PROGRESS
+from zenthor.observability.metrics import (
+    CLAIM_SECONDS,
+    DEBOUNCE_HOLD_SECONDS,
+    LEASE_LOSSES,
+    TURN_MESSAGES,
+    TURN_SECONDS,
+    TURNS_IN_PROGRESS,
+)
 from zenthor.queue import (
     ClaimRefused,
     Lease,
@@ -140,6 +147,8 @@ class _Chain:
 
 def _run_held(lease: Lease, chain: _Chain) -> tuple[str, Lease | None]:
     """Run one claimed job under the heartbeat; returns what happened and the job handed over."""
+    if lease.waited_ms and lease.attempt == 1 and lease.kind == "turn" and not lease.takeover:
+        DEBOUNCE_HOLD_SECONDS.observe(lease.waited_ms / 1000)
     lease_heartbeat.hold(lease)
     TURNS_IN_PROGRESS.inc()
     try:
@@ -228,12 +237,15 @@ def _hand_back(chained: Lease) -> None:
 def _report_finished(lease: Lease, result: TurnResult, written: WrittenReplies, chain: _Chain) -> None:
     duration = time.monotonic() - chain.job_started
     TURN_SECONDS.observe(duration)
+    answered = 1 + (lease.answered_merged or 0)
+    TURN_MESSAGES.observe(answered)
     emit(
         ev.JOB_COMPLETED,
         job_id=lease.job_id,
         conversation_id=lease.conversation_id,
         status=result.status,
         duration_ms=int(duration * 1000),
+        answered=answered,
     )
     if lease.chained is not None:
         announce_claim(lease.chained, chained=True)
@@ -248,7 +260,7 @@ def _write_result(lease: Lease, result: TurnResult) -> WrittenReplies:
         lease.conversation_id,
         lease.job_id,
         result.replies,
-        in_reply_to=lease.message_id,
+        in_reply_to=lease.reply_to,
         kind=result.reply_kind,
     )
 

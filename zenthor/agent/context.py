@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from zenthor.db import execute
@@ -140,6 +141,7 @@ def load_history(
     *,
     window: int | None = None,
     max_messages: int = HISTORY_MAX_MESSAGES,
+    batch: Collection[int] = (),
 ) -> History:
     """The conversation as chat messages, as this job should see it: its newest part.
 
@@ -156,7 +158,11 @@ def load_history(
     rows are capped by what could fit the window (or ``max_messages`` without one, or when it is
     larger). Rows of later jobs are skipped, not counted: a resumed old job reads past them.
     A result whose call was not read is dropped later by :func:`repair_tool_pairs`.
+
+    ``batch`` names the later jobs merged into this one (collect mode, issue 14): their messages
+    are this job's, read after its own. (Once the turn completes, they join its job for good.)
     """
+    batch = frozenset(batch)
     room = summary_room = None
     per_message = 0
     if window is not None:
@@ -181,7 +187,9 @@ def load_history(
             before = row_id
             if job is None and (role == "user" or (message_id is not None and row_id > message_id)):
                 continue
-            if job is not None and job > job_id:
+            if job in batch:
+                row = (*row[:5], job_id)
+            elif job is not None and job > job_id:
                 continue
             if full:  # a kept row beyond the budget: older messages exist that we did not read
                 truncated = True

@@ -141,6 +141,7 @@ class AgentLoop:
             self.ctx.message_id,
             window=self.settings.context_window,
             max_messages=self.settings.history_max_messages,
+            batch=getattr(self.ctx, "merged_job_ids", ()),
         )
         return self._steps(history)
 
@@ -153,6 +154,7 @@ class AgentLoop:
             self.ctx.message_id,
             window=self.settings.context_window,
             max_messages=self.settings.history_max_messages,
+            batch=getattr(self.ctx, "merged_job_ids", ()),
         )
         open_calls = self._open_calls(history)
         for index, call in enumerate(open_calls):

@@ -38,6 +38,16 @@ class TurnContext:
     def message_id(self) -> int | None:
         return self.lease.message_id
 
+    @property
+    def merged_job_ids(self) -> tuple[int, ...]:
+        """The jobs queued behind this one that this turn answers too (collect mode)."""
+        return self.lease.merged_job_ids
+
+    @property
+    def message_ids(self) -> tuple[int, ...]:
+        """Every user message this turn answers, in order (its own first)."""
+        return self.lease.message_ids
+
     def checkpoint(self, name: str) -> None:
         """Raise :class:`~zenthor.queue.LeaseLost` if the lease is gone."""
         self.lease.check(name)

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from peewee import SQL, BigAutoField, BigIntegerField, BooleanField, CharField, ForeignKeyField, TextField
+from peewee import (
+    SQL,
+    BigAutoField,
+    BigIntegerField,
+    BooleanField,
+    CharField,
+    ForeignKeyField,
+    IntegerField,
+    TextField,
+)
 from playhouse.postgres_ext import BinaryJSONField
 
 from zenthor.models.base import BaseModel, DateTimeTZField
@@ -16,6 +25,9 @@ class Conversation(BaseModel):
     account_id = TextField()
     chat_id = TextField()
     title = TextField(null=True)
+    # The user's choices (0016, ``/queue`` and ``/debounce``); NULL: the configured default.
+    queue_mode = TextField(null=True)
+    debounce_ms = IntegerField(null=True)
     created_at = DateTimeTZField(constraints=[SQL("DEFAULT now()")])
 
     class Meta:

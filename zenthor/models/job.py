@@ -35,6 +35,9 @@ class AgentJob(BaseModel):
     error_reason = TextField(null=True)
     error_message = TextField(null=True)
     retry_of = BigIntegerField(null=True)  # the failed job an operator retried as this one (0011)
+    # The job whose turn answers this one with its own (collect mode, 0016): pending under that
+    # job's lease token while the turn runs, done with it.
+    merged_into = BigIntegerField(null=True)
     created_at = DateTimeTZField(constraints=[SQL("DEFAULT now()")])
 
     class Meta:

@@ -100,8 +100,11 @@ JOB_CLAIMED = event(
     "lease_token",
     "takeover",
     "chained",
+    "merged",
+    "mode",
     description="chained: handed over by the completion of the conversation's previous job, "
-    "in its commit's round trip, to the worker that completed it",
+    "in its commit's round trip, to the worker that completed it; mode: the conversation's queue "
+    "mode (collect or followup); merged: how many jobs queued behind it its turn answers too",
     says="job {job_id} claimed (attempt {attempt}, takeover {takeover})",
 )
 JOB_CLAIM_REFUSED = event(
@@ -121,6 +124,9 @@ JOB_COMPLETED = event(
     "conversation_id",
     "status",
     "duration_ms",
+    "answered",
+    description="answered: how many user messages the turn answered (more than 1 when collect "
+    "merged the turns queued behind it)",
     says="job {job_id} finished {status} in {duration_ms} ms",
 )
 JOB_RETRY_SCHEDULED = event(

@@ -36,6 +36,21 @@ TURN_SECONDS = Histogram(
     buckets=(0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
     registry=WORKER_REGISTRY,
 )
+TURN_MESSAGES = Histogram(
+    "zenthor_turn_messages",
+    "User messages one completed turn answered: 1, or more when collect merged the turns queued "
+    "behind it (issue 14)",
+    buckets=(1, 2, 3, 5, 10, 20, 50),
+    registry=WORKER_REGISTRY,
+)
+DEBOUNCE_HOLD_SECONDS = Histogram(
+    "zenthor_debounce_hold_seconds",
+    "How long a first attempt of a turn could not be claimed after its message was accepted: the "
+    "debounce's hold (a job released at shutdown or re-published after a lost nudge counts its "
+    "wait too); not observed when the job was available at once",
+    buckets=(0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 15, 30, 60),
+    registry=WORKER_REGISTRY,
+)
 # livesum: the sum over the group's live processes; a process that stopped is marked dead by
 # Dramatiq's middleware and drops out, where "sum" would keep its last value forever.
 TURNS_IN_PROGRESS = Gauge(

@@ -44,21 +44,85 @@ TAKE_LEASE = """status = 'processing',
        locked_until = now() + %(lock_ms)s * interval '1 millisecond',
        started_at = now(),
        last_heartbeat_at = now(),
-       finished_at = NULL"""
+       finished_at = NULL,
+       merged_into = NULL"""
+
+
+# Collect (issue 14): the turn jobs queued behind the job a claim just took (CTE ``head``: its
+# id, conversation, message and kind), merged into it. ``room`` is the batch's size:
+# ``collect_max`` when the head is a turn and its conversation collects (its own mode, else its
+# channel's from the ``modes`` jsonb, else ``mode``), else 0. The batch is the pending jobs behind
+# the head in id order, up to the first one that is not a turn (a resume is never merged) or not
+# from the head's sender (in a group, each member's messages keep their own turn and their own
+# approvals), locked in id order (as ENQUEUE_DEBOUNCED locks them, so the two cannot deadlock).
+# Merged jobs stay pending, marked with the head's id and lease token: the head is processing, so
+# every claim of them is refused, and the head's completion (COMPLETE_AND_HOLD's ``answered``)
+# finishes exactly the ones its token still marks. A retry, a release, a lost lease: the next
+# claim of the head marks them again under its own token, and a stale holder matches nothing.
+MERGE_BEHIND = """
+room AS (
+    SELECT mode.id, mode.conversation_id, mode.name,
+           CASE WHEN mode.kind = 'turn' AND mode.name = 'collect' THEN %(collect_max)s::int ELSE 0 END AS n,
+           (SELECT m.sender_id FROM message AS m WHERE m.id = mode.message_id) AS sender
+      FROM (SELECT h.id, h.conversation_id, h.kind, h.message_id,
+                   coalesce(c.queue_mode, %(modes)s::jsonb ->> c.channel, %(mode)s) AS name
+              FROM head AS h JOIN conversation AS c ON c.id = h.conversation_id) AS mode
+), stop AS (
+    SELECT min(q.id) AS id FROM agent_job AS q, room
+     WHERE room.n > 0 AND q.conversation_id = room.conversation_id AND q.status = 'pending'
+       AND q.id > room.id
+       AND (q.kind <> 'turn'
+            OR (SELECT m.sender_id FROM message AS m WHERE m.id = q.message_id) IS DISTINCT FROM room.sender)
+), batch AS (
+    SELECT p.id FROM agent_job AS p, room
+     WHERE room.n > 0 AND p.conversation_id = room.conversation_id AND p.status = 'pending'
+       AND p.id > room.id AND p.id < coalesce((SELECT stop.id FROM stop), 9223372036854775807)
+     ORDER BY p.id
+     LIMIT (SELECT room.n FROM room)
+       FOR NO KEY UPDATE OF p
+), merged AS (
+    UPDATE agent_job AS p SET merged_into = (SELECT room.id FROM room), lease_token = %(token)s::uuid
+      FROM batch
+     WHERE p.id = batch.id AND p.status = 'pending'
+    RETURNING p.id, p.message_id
+)"""
+
+
+# The merged jobs' ids and messages, in order, as two arrays (NULL: none), and the mode applied.
+MERGED_ARRAYS = """(SELECT array_agg(merged.id ORDER BY merged.id) FROM merged),
+       (SELECT array_agg(merged.message_id ORDER BY merged.id) FROM merged),
+       (SELECT room.name FROM room)"""
+
+
+# How long the claimed job could not be claimed after it was accepted: the debounce's hold (or a
+# retry's backoff, a release's, a re-publish's reset of available_at).
+WAITED_MS = (
+    """greatest(0, ceil(extract(epoch FROM j.available_at - j.created_at) * 1000))::bigint AS waited_ms"""
+)
 
 
 CLAIM = f"""
-UPDATE agent_job AS j
-   SET {TAKE_LEASE},
-       attempts = CASE WHEN j.status = 'processing' THEN j.attempts + 1 ELSE j.attempts END
- WHERE j.id = %(job_id)s
-   AND (   (j.status = 'pending' AND j.available_at <= now())
-        OR (j.status = 'processing' AND j.attempts + 1 < j.max_attempts AND {EXPIRED}))
-   AND NOT {AHEAD_OF_J}
-RETURNING j.id, j.conversation_id, j.message_id, j.kind, j.payload, j.attempts, j.max_attempts,
-          j.locked_until,
-          (SELECT prev.status FROM agent_job AS prev WHERE prev.id = j.id) AS previous_status
+WITH head AS (
+    UPDATE agent_job AS j
+       SET {TAKE_LEASE},
+           attempts = CASE WHEN j.status = 'processing' THEN j.attempts + 1 ELSE j.attempts END
+     WHERE j.id = %(job_id)s
+       AND (   (j.status = 'pending' AND j.available_at <= now())
+            OR (j.status = 'processing' AND j.attempts + 1 < j.max_attempts AND {EXPIRED}))
+       AND NOT {AHEAD_OF_J}
+    RETURNING j.id, j.conversation_id, j.message_id, j.kind, j.payload, j.attempts, j.max_attempts,
+              j.locked_until, {WAITED_MS},
+              (SELECT prev.status FROM agent_job AS prev WHERE prev.id = j.id) AS previous_status
+), {MERGE_BEHIND}
+SELECT head.id, head.conversation_id, head.message_id, head.kind, head.payload, head.attempts,
+       head.max_attempts, head.locked_until,
+       {MERGED_ARRAYS}, head.waited_ms, head.previous_status
+  FROM head
 """
+
+# What the claims of a batch (CLAIM, CLAIM_NEXT) add to their parameters: the mode of a
+# conversation that chose none, by channel (jsonb) and over all, and the batch's size.
+COLLECT_TYPES = {"modes": "text", "mode": "text", "collect_max": "int"}
 
 
 # The claim, planned once per connection (issue 13 item 1): the partial-index predicates of
@@ -68,7 +132,14 @@ RETURNING j.id, j.conversation_id, j.message_id, j.kind, j.payload, j.attempts, 
 CLAIM_PREPARED = Prepared(
     "zenthor_claim",
     CLAIM,
-    {"job_id": "bigint", "worker": "text", "token": "text", "lock_ms": "bigint", "legacy_ms": "bigint"},
+    {
+        "job_id": "bigint",
+        "worker": "text",
+        "token": "text",
+        "lock_ms": "bigint",
+        "legacy_ms": "bigint",
+        **COLLECT_TYPES,
+    },
 )
 
 
@@ -97,7 +168,12 @@ FENCE = "j.id = %(job_id)s AND j.lease_token = %(token)s::uuid AND j.status = 'p
 # conversation's row lock and the route its replies need, in one round trip. ``held`` finds the
 # conversation through ``done`` only, so Postgres must run the update (and lock the job row)
 # before it can look the conversation up: the lock order job -> conversation holds (I5). A lost
-# lease updates nothing, so nothing is locked and no row comes back.
+# lease updates nothing, so nothing is locked and no row comes back. ``answered`` (collect, issue
+# 14) finishes the jobs the turn answered with the head's (merged into it under the same token),
+# after the conversation's lock: job -> conversation -> the jobs behind, the order accept's
+# debounce keeps too (it holds the conversation before it moves them). Also when the turn asks a
+# question (awaiting_approval): it read those messages. Their user messages join the head's job
+# (``moved``), so every later history reads them before the reply that answered them.
 COMPLETE_AND_HOLD = f"""
 WITH done AS (
     UPDATE agent_job AS j
@@ -109,8 +185,18 @@ WITH done AS (
     SELECT c.id, c.channel, c.account_id, c.chat_id FROM conversation AS c
      WHERE c.id = (SELECT done.conversation_id FROM done)
        FOR NO KEY UPDATE
+), answered AS (
+    UPDATE agent_job AS m
+       SET status = 'done', finished_at = now(), locked_until = NULL
+     WHERE m.conversation_id = (SELECT held.id FROM held) AND m.status = 'pending'
+       AND m.merged_into = %(job_id)s AND m.lease_token = %(token)s::uuid
+    RETURNING m.id, m.message_id
+), moved AS (
+    UPDATE message AS um SET job_id = %(job_id)s
+      FROM answered WHERE um.id = answered.message_id
 )
-SELECT done.conversation_id, held.channel, held.account_id, held.chat_id
+SELECT done.conversation_id, held.channel, held.account_id, held.chat_id,
+       (SELECT count(*) FROM answered)
   FROM done LEFT JOIN held ON held.id = done.conversation_id
 """
 
@@ -249,10 +335,11 @@ WITH next AS (
        AND j.status = 'pending' AND j.available_at <= now()
        AND NOT {AHEAD_OF_J}
     RETURNING j.id, j.conversation_id, j.message_id, j.kind, j.payload, j.attempts, j.max_attempts,
-              j.locked_until
-)
+              j.locked_until, {WAITED_MS}
+), head AS (SELECT * FROM taken), {MERGE_BEHIND}
 SELECT next.id, taken.id, taken.conversation_id, taken.message_id, taken.kind, taken.payload,
-       taken.attempts, taken.max_attempts, taken.locked_until
+       taken.attempts, taken.max_attempts, taken.locked_until,
+       {MERGED_ARRAYS}, taken.waited_ms
   FROM next LEFT JOIN taken ON taken.id = next.id
 """
 
@@ -263,7 +350,7 @@ SELECT next.id, taken.id, taken.conversation_id, taken.message_id, taken.kind, t
 CLAIM_NEXT_PREPARED = Prepared(
     "zenthor_claim_next",
     CLAIM_NEXT,
-    {"conversation_id": "bigint", "worker": "text", "token": "text", "lock_ms": "bigint"},
+    {"conversation_id": "bigint", "worker": "text", "token": "text", "lock_ms": "bigint", **COLLECT_TYPES},
 )
 
 
@@ -284,15 +371,22 @@ RETURNING j.id, {AHEAD_OF_J}, 0::bigint
 # pulled earlier: a retry's backoff stays); a head whose nudge was already sent is refused as not
 # yet available and asks again then. The caller holds the conversation's lock (accept), so no
 # other writer moves these rows meanwhile; a claim racing the push re-checks the row after it.
+# The rows are locked in id order, as a claim's batch locks them (MERGE_BEHIND): no deadlock.
 ENQUEUE_DEBOUNCED = f"""
 WITH burst AS (
     SELECT least(now() + %(debounce_ms)s * interval '1 millisecond',
                  coalesce(min(p.created_at), now()) + %(max_ms)s * interval '1 millisecond') AS at
       FROM agent_job AS p
      WHERE p.conversation_id = %(conversation_id)s AND p.status = 'pending' AND p.kind = 'turn'
+), burst_jobs AS (
+    SELECT p.id FROM agent_job AS p
+     WHERE p.conversation_id = %(conversation_id)s AND p.status = 'pending' AND p.kind = 'turn'
+     ORDER BY p.id
+       FOR NO KEY UPDATE
 ), pushed AS (
     UPDATE agent_job AS p SET available_at = greatest(p.available_at, (SELECT burst.at FROM burst))
-     WHERE p.conversation_id = %(conversation_id)s AND p.status = 'pending' AND p.kind = 'turn'
+      FROM burst_jobs
+     WHERE p.id = burst_jobs.id
     RETURNING p.id
 )
 INSERT INTO agent_job AS j (conversation_id, message_id, kind, payload, max_attempts, available_at)

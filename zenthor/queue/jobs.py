@@ -30,6 +30,7 @@ The statements themselves are in :mod:`zenthor.queue.job_statements`.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
@@ -76,6 +77,15 @@ class Lease:
     max_attempts: int
     locked_until: datetime
     takeover: bool = False
+    # Collect (issue 14): the pending turn jobs behind this one that its turn answers too, merged
+    # into it under its token by the claim, and their user messages, both in id order.
+    merged_job_ids: tuple[int, ...] = ()
+    merged_message_ids: tuple[int, ...] = ()
+    queue_mode: str | None = None  # the conversation's mode when it was claimed
+    # How long after it was accepted the job became available (debounce; or a retry's backoff).
+    waited_ms: int = 0
+    # Set by complete(): how many merged jobs it finished with this one (None: not completed).
+    answered_merged: int | None = field(default=None, repr=False, compare=False)
     # Set when the holder starts to complete, fail or release: a heartbeat racing with that
     # write must not report the lease as lost.
     finishing: bool = False
@@ -102,6 +112,17 @@ class Lease:
         """Raise :class:`LeaseLost` if the lease is gone (call before each model or tool call)."""
         if self._lost.is_set():
             raise LeaseLost(self.job_id, checkpoint)
+
+    @property
+    def reply_to(self) -> int | None:
+        """The user message the turn's reply answers: the newest one it read."""
+        return self.merged_message_ids[-1] if self.merged_message_ids else self.message_id
+
+    @property
+    def message_ids(self) -> tuple[int, ...]:
+        """Every user message the turn answers, in order (the head's, then the merged ones)."""
+        head = (self.message_id,) if self.message_id is not None else ()
+        return head + self.merged_message_ids
 
     @property
     def is_last_attempt(self) -> bool:
@@ -268,12 +289,23 @@ def enqueue(
     return Enqueued(job_id, bool(behind), int(delay_ms))
 
 
+def _collect_params(settings: Any) -> dict[str, Any]:
+    """The parameters a claim needs to merge a batch (job_statements.MERGE_BEHIND)."""
+    return {
+        "modes": json.dumps(settings.channel_queue_modes),
+        "mode": settings.QUEUE_MODE,
+        "collect_max": settings.QUEUE_COLLECT_MAX,
+    }
+
+
 def claim(job_id: int, worker_id: str, *, lock_ms: int | None = None) -> Lease | ClaimRefused:
     """Take job ``job_id`` for ``worker_id`` with a new lease token, or say why not.
 
     Atomic: of any number of concurrent claims at most one returns a :class:`Lease`. Takes over
     an expired lease (counting the lost attempt); refuses a live lease, a job not yet available,
-    and a job with an older open job in its conversation (FIFO).
+    and a job with an older open job in its conversation (FIFO). In a conversation that collects
+    (issue 14), the same statement merges the turn jobs queued behind it into the lease
+    (``Lease.merged_job_ids``): its turn answers them all.
     """
     settings = _settings()
     params = {
@@ -282,6 +314,7 @@ def claim(job_id: int, worker_id: str, *, lock_ms: int | None = None) -> Lease |
         "token": str(uuid.uuid4()),
         "lock_ms": lock_ms or settings.AGENT_JOB_LOCK_MS,
         "legacy_ms": settings.AGENT_JOB_LEGACY_WINDOW_MS,
+        **_collect_params(settings),
     }
     try:
         rows = execute_prepared(sql.CLAIM_PREPARED, params)
@@ -292,12 +325,12 @@ def claim(job_id: int, worker_id: str, *, lock_ms: int | None = None) -> Lease |
     if not rows:
         return _why_refused(params)
     row = rows[0]
-    return _claimed(row[:8], params["token"], worker_id, takeover=row[8] == "processing")
+    return _claimed(row[:12], params["token"], worker_id, takeover=row[12] == "processing")
 
 
 def _claimed(row: tuple, token: str, worker_id: str, *, takeover: bool = False) -> Lease:
     """The lease for a claimed row ``(id, conversation_id, message_id, kind, payload, attempts,
-    max_attempts, locked_until)``, announced."""
+    max_attempts, locked_until, merged job ids, merged message ids, mode, waited_ms)``, announced."""
     lease = _lease_of(row, token, worker_id, takeover=takeover)
     announce_claim(lease)
     return lease
@@ -316,6 +349,10 @@ def _lease_of(row: tuple, token: str, worker_id: str, *, takeover: bool = False)
         max_attempts=row[6],
         locked_until=row[7],
         takeover=takeover,
+        merged_job_ids=tuple(row[8] or ()),
+        merged_message_ids=tuple(m for m in row[9] or () if m is not None),
+        queue_mode=row[10],
+        waited_ms=row[11] or 0,
     )
 
 
@@ -330,6 +367,8 @@ def announce_claim(lease: Lease, *, chained: bool = False) -> None:
         lease_token=lease.token,
         takeover=lease.takeover,
         chained=chained,
+        merged=len(lease.merged_job_ids),
+        mode=lease.queue_mode,
     )
 
 
@@ -417,6 +456,7 @@ def complete(
             "worker": chain_to,
             "token": hand_over_token,
             "lock_ms": _settings().AGENT_JOB_LOCK_MS,
+            **_collect_params(_settings()),
         }
         then = (sql.CLAIM_NEXT_PREPARED, next_params)
 
@@ -525,7 +565,8 @@ def _complete_in_transaction(
     if not rows:
         lease.mark_lost("complete")
         raise LeaseLost(lease.job_id, "complete")
-    conversation_id, channel, account_id, chat_id = rows[0]
+    conversation_id, channel, account_id, chat_id, answered = rows[0]
+    lease.answered_merged = answered
     if channel is not None:  # the replies' lock_route answers from here, without a round trip
         held_route(conversation_id, Route(channel, account_id, chat_id))
     return write(lease) if write is not None else None
