@@ -21,7 +21,12 @@ JOBS = 2000
 
 
 @pytest.mark.timeout(400)
-def test_two_processes_never_hold_a_job_twice_and_keep_each_conversations_order():
+@pytest.mark.parametrize("mode", ["followup", "collect"])
+def test_two_processes_never_hold_a_job_twice_and_keep_each_conversations_order(mode, settings_env):
+    """In collect mode a lease holds its head and the jobs merged into it: no job is held by two
+    leases, no conversation by two, and every job is answered once, by its own turn or the one it
+    was merged into, in order."""
+    settings_env(QUEUE_MODE=mode)
     execute(
         "CREATE TABLE contention_probe (job_id BIGINT NOT NULL, conversation_id BIGINT NOT NULL, token UUID NOT NULL)"
     )
@@ -47,7 +52,7 @@ def test_two_processes_never_hold_a_job_twice_and_keep_each_conversations_order(
                         violations.append(f"job {job_id} held twice")
                     for (conversation_id,) in execute(
                         "SELECT conversation_id FROM contention_probe GROUP BY conversation_id "
-                        "HAVING count(DISTINCT job_id) > 1"
+                        "HAVING count(DISTINCT token) > 1"
                     ):
                         violations.append(f"conversation {conversation_id} ran two jobs at once")
                     for (conversation_id,) in execute(
@@ -83,14 +88,32 @@ def test_two_processes_never_hold_a_job_twice_and_keep_each_conversations_order(
             .where(Message.role == "assistant")
             .order_by(Message.id)
         )
-        assert len(replies) == JOBS  # each job completed exactly once
-        assert len({m.job_id for m in replies}) == JOBS
+        answered_by: dict[int, list[int]] = defaultdict(list)  # head -> the jobs merged into it
+        for job in AgentJob.select(AgentJob.id, AgentJob.merged_into).where(
+            AgentJob.merged_into.is_null(False)
+        ):
+            answered_by[job.merged_into].append(job.id)
+        heads = [m.job_id for m in replies]
+        assert len(set(heads)) == len(heads)  # each turn completed exactly once
+        answered = [job_id for head in heads for job_id in (head, *sorted(answered_by.get(head, ())))]
+        assert sorted(answered) == sorted(set(answered)) and len(answered) == JOBS  # every job once
+        assert set(answered_by) <= set(heads)  # merged only into a turn that completed
+        if mode == "followup":
+            assert answered_by == {}
+        else:
+            assert answered_by, "some turns must have answered a batch"
         finished_order: dict[int, list[int]] = defaultdict(list)
         for message in replies:
-            finished_order[message.conversation_id].append(message.job_id)
+            finished_order[message.conversation_id].extend(
+                (message.job_id, *sorted(answered_by.get(message.job_id, ())))
+            )
         for conversation_id, job_ids in finished_order.items():
             assert job_ids == sorted(job_ids), f"conversation {conversation_id} finished out of order"
-        holders = {j.processor_id.split("-")[0] for j in AgentJob.select(AgentJob.processor_id)}
+        # A merged job never had a holder of its own (its head's lease answered it).
+        holders = {
+            j.processor_id.split("-")[0]
+            for j in AgentJob.select(AgentJob.processor_id).where(AgentJob.processor_id.is_null(False))
+        }
         assert holders == {"proc0", "proc1"}, "both processes must have won claims"
     finally:
         execute("DROP TABLE IF EXISTS contention_probe")

@@ -2,8 +2,9 @@
 
 Run as ``python -m tests.support.contention NAME THREADS``. Each thread repeatedly picks heads of
 line and other open jobs at random, claims, records that it holds
-the job in ``contention_probe`` while "working", and completes with an assistant message. A
-sampler in the test process reads ``contention_probe`` and ``agent_job`` all along.
+the job (and in collect mode the jobs merged into it) in ``contention_probe`` while "working", and
+completes with an assistant message. A sampler in the test process reads ``contention_probe`` and
+``agent_job`` all along.
 """
 
 from __future__ import annotations
@@ -42,10 +43,12 @@ def work(name: str, stop: threading.Event) -> None:
                 lease = claim(job_id, name)
                 if not isinstance(lease, Lease):
                     continue
-                execute(
-                    "INSERT INTO contention_probe (job_id, conversation_id, token) VALUES (%s, %s, %s)",
-                    (lease.job_id, lease.conversation_id, lease.token),
-                )
+                # Every job the lease holds: in collect mode, the ones merged into it too.
+                for held_id in (lease.job_id, *lease.merged_job_ids):
+                    execute(
+                        "INSERT INTO contention_probe (job_id, conversation_id, token) VALUES (%s, %s, %s)",
+                        (held_id, lease.conversation_id, lease.token),
+                    )
                 time.sleep(random.uniform(0, 0.002))
                 execute("DELETE FROM contention_probe WHERE token = %s", (lease.token,))
                 try:

@@ -14,6 +14,16 @@ from zenthor.models import Message
 
 
 def _text(ctx: TurnContext) -> str:
+    """The job's user message; in collect mode, every message its turn answers, joined by " | "."""
+    ids = list(ctx.message_ids)
+    if not ids:
+        return ""
+    texts = {m.id: m.content for m in Message.select().where(Message.id.in_(ids))}
+    return " | ".join(texts.get(message_id, "") for message_id in ids)
+
+
+def _command(ctx: TurnContext) -> str:
+    """The job's own user message (what scripted_turn obeys)."""
     message = Message.get_or_none(Message.id == ctx.message_id) if ctx.message_id else None
     return message.content if message is not None else ""
 
@@ -48,10 +58,12 @@ def scripted_turn(ctx: TurnContext) -> TurnResult:
 
     ``sleep:S`` sleeps S seconds checking the lease every 50 ms (a healthy long turn);
     ``blind:S`` sleeps S seconds without checking (only the fenced completion can stop it);
-    ``fail`` raises a retryable error; anything else is echoed.
+    ``gate:PATH`` waits, checking the lease, until the file PATH exists;
+    ``fail`` raises a retryable error; anything else is echoed. The reply names every message the
+    turn answers (collect mode: ``done: first | second``); the command is the job's own message.
     """
     text = _text(ctx)
-    command, _, argument = text.partition(":")
+    command, _, argument = _command(ctx).partition(":")
     if command == "sleep":
         deadline = time.monotonic() + float(argument)
         while time.monotonic() < deadline:
@@ -59,6 +71,13 @@ def scripted_turn(ctx: TurnContext) -> TurnResult:
             ctx.checkpoint("scripted_sleep")
     elif command == "blind":
         time.sleep(float(argument))
+    elif command == "gate":
+        # Wait (checking the lease) until the test creates the file: a turn that runs exactly
+        # as long as the test needs, whatever the machine's speed.
+        deadline = time.monotonic() + 120
+        while not os.path.exists(argument) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            ctx.checkpoint("scripted_gate")
     elif command == "fail":
         raise TurnError("server", "scripted failure")
     return TurnResult(replies=[f"done: {text}"])
