@@ -48,6 +48,9 @@ scratch = Scratch(
         "WEBHOOK_SECRET": SECRET,
         "WEBHOOK_DEFAULT_ACCOUNT": "acct",
         "WEBHOOK_SENDER_RATE_PER_MIN": "0",  # the bench measures throughput, not the cost limit
+        # One turn and one callback per message (collect would answer a chat's queued messages at
+        # once; bench.collect measures that).
+        "QUEUE_MODE": "followup",
     },
 )
 MARK = re.compile(r"\b(b\d+-\d+)$")

@@ -31,7 +31,9 @@ from bench.scratch import Scratch
 scratch = Scratch(
     "queue",
     rabbitmq=True,
-    env={"AGENT_TURN": "bench.turns:noop_turn", "DATABASE_POOL_SIZE": "40"},
+    # followup: one turn per job, what this bench measures (collect would answer a conversation's
+    # queued jobs in one turn; bench.collect compares the two).
+    env={"AGENT_TURN": "bench.turns:noop_turn", "DATABASE_POOL_SIZE": "40", "QUEUE_MODE": "followup"},
 )
 
 

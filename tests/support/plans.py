@@ -36,9 +36,9 @@ def claim_params(job_id: int, *, mode: str = "collect") -> dict[str, object]:
 
 
 def assert_batch_uses_the_fifo_index(plan: str) -> None:
-    """The collect batch's scans of the jobs behind the head (``stop``, ``batch``, ``answered``)
-    go through ``agent_job_pending_fifo`` too."""
-    for alias in ("q", "p"):
+    """The collect batch's scan of the jobs behind the head (``behind``) goes through
+    ``agent_job_pending_fifo`` too."""
+    for alias in ("p",):
         lines = [
             line
             for line in plan.splitlines()

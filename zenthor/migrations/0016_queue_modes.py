@@ -9,9 +9,8 @@
   under that job's lease token) this one. A job claimed as the head of a batch has it NULL.
 
 Not atomic (see ``zenthor.migrations``): every statement only touches the catalogue (columns
-without a default; the checks are added ``NOT VALID``, so no scan of the table holds its lock,
-and are enforced on every write from then on: the new columns are NULL everywhere, so there is
-nothing old to validate), and each can be run again.
+without a default; the checks are added ``NOT VALID``, so adding them takes its lock only for
+the catalogue, then validated under a lock that lets writers on), and each can be run again.
 """
 
 atomic = False
@@ -29,6 +28,8 @@ def up(migrator, db):
             f"DO $$ BEGIN ALTER TABLE conversation ADD CONSTRAINT {name} CHECK ({check}) NOT VALID; "
             "EXCEPTION WHEN duplicate_object THEN NULL; END $$"
         )
+        # Validation scans the table under a lock that lets writers on (SHARE UPDATE EXCLUSIVE).
+        db.execute_sql(f"ALTER TABLE conversation VALIDATE CONSTRAINT {name}")
 
 
 def down(migrator, db):

@@ -51,10 +51,12 @@ TAKE_LEASE = """status = 'processing',
 # Collect (issue 14): the turn jobs queued behind the job a claim just took (CTE ``head``: its
 # id, conversation, message and kind), merged into it. ``room`` is the batch's size:
 # ``collect_max`` when the head is a turn and its conversation collects (its own mode, else its
-# channel's from the ``modes`` jsonb, else ``mode``), else 0. The batch is the pending jobs behind
-# the head in id order, up to the first one that is not a turn (a resume is never merged) or not
-# from the head's sender (in a group, each member's messages keep their own turn and their own
-# approvals), locked in id order (as ENQUEUE_DEBOUNCED locks them, so the two cannot deadlock).
+# channel's from the ``modes`` jsonb, else ``mode``), else 0. ``behind`` is that many pending jobs
+# behind the head, in id order (read through agent_job_pending_fifo, so a flooded conversation
+# costs a claim no more than the cap), locked in id order as ENQUEUE_DEBOUNCED locks them (the two
+# cannot deadlock); the batch is those before the first one that is not a turn (a resume is
+# never merged) or not from the head's sender (in a group, each member's messages keep their own
+# turn and their own approvals).
 # Merged jobs stay pending, marked with the head's id and lease token: the head is processing, so
 # every claim of them is refused, and the head's completion (COMPLETE_AND_HOLD's ``answered``)
 # finishes exactly the ones its token still marks. A retry, a release, a lost lease: the next
@@ -63,23 +65,24 @@ MERGE_BEHIND = """
 room AS (
     SELECT mode.id, mode.conversation_id, mode.name,
            CASE WHEN mode.kind = 'turn' AND mode.name = 'collect' THEN %(collect_max)s::int ELSE 0 END AS n,
-           (SELECT m.sender_id FROM message AS m WHERE m.id = mode.message_id) AS sender
+           CASE WHEN mode.kind = 'turn' AND mode.name = 'collect'
+                THEN (SELECT m.sender_id FROM message AS m WHERE m.id = mode.message_id) END AS sender
       FROM (SELECT h.id, h.conversation_id, h.kind, h.message_id,
                    coalesce(c.queue_mode, %(modes)s::jsonb ->> c.channel, %(mode)s) AS name
               FROM head AS h JOIN conversation AS c ON c.id = h.conversation_id) AS mode
-), stop AS (
-    SELECT min(q.id) AS id FROM agent_job AS q, room
-     WHERE room.n > 0 AND q.conversation_id = room.conversation_id AND q.status = 'pending'
-       AND q.id > room.id
-       AND (q.kind <> 'turn'
-            OR (SELECT m.sender_id FROM message AS m WHERE m.id = q.message_id) IS DISTINCT FROM room.sender)
-), batch AS (
-    SELECT p.id FROM agent_job AS p, room
+), behind AS (
+    SELECT p.id, p.kind, (SELECT m.sender_id FROM message AS m WHERE m.id = p.message_id) AS sender
+      FROM agent_job AS p, room
      WHERE room.n > 0 AND p.conversation_id = room.conversation_id AND p.status = 'pending'
-       AND p.id > room.id AND p.id < coalesce((SELECT stop.id FROM stop), 9223372036854775807)
+       AND p.id > room.id
      ORDER BY p.id
      LIMIT (SELECT room.n FROM room)
        FOR NO KEY UPDATE OF p
+), batch AS (
+    SELECT b.id FROM behind AS b
+     WHERE b.id < coalesce((SELECT min(s.id) FROM behind AS s, room
+                             WHERE s.kind <> 'turn' OR s.sender IS DISTINCT FROM room.sender),
+                           9223372036854775807)
 ), merged AS (
     UPDATE agent_job AS p SET merged_into = (SELECT room.id FROM room), lease_token = %(token)s::uuid
       FROM batch

@@ -17,6 +17,11 @@ answer, and the other members of a group are answered meanwhile; resumed, it is 
 with its old id, so it goes ahead of every job still pending behind it. An operator's retry of a
 failed job is a new job (``retry_of``) at the back of its conversation's line.
 
+Collect (issue 14): in a conversation that collects, the claim also takes the turn jobs queued
+behind the job it claims (same sender, up to ``QUEUE_COLLECT_MAX``), marking them with the head's
+id and token while they stay pending; the completion finishes exactly those its token still marks.
+So a lost lease, a retry or a crash puts the whole batch back as it was.
+
 Writers that add rows to a conversation hold its row (:mod:`zenthor.queue.conversations`): a
 completion takes its job row, then the conversation, before the turn's rows are written.
 
