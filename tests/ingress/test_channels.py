@@ -71,6 +71,12 @@ def test_replay_counts_duplicates_and_invalid_lines():
     assert count("message") == 3
 
 
+def test_replay_counts_a_recorded_chat_command():
+    command = json.dumps(inbound("/queue followup", message_id="r-cmd").to_dict())
+    report = replay_lines([command], publish=lambda _: True)
+    assert (report.command, report.accepted, report.invalid) == (1, 0, 0)
+
+
 def test_replay_command_end_to_end(tmp_path):
     path = tmp_path / "events.jsonl"
     path.write_text(

@@ -21,7 +21,7 @@ import zenthor.actors.reminders  # noqa: E402, F401 - due reminders
 from zenthor.actors.deliver import deliver  # noqa: E402, F401
 from zenthor.actors.dispatch import dispatch, hand_over  # noqa: E402
 from zenthor.actors.ingest import ingest  # noqa: E402, F401
-from zenthor.actors.publish import publish_dispatch  # noqa: E402
+from zenthor.actors.publish import publish_delivery, publish_dispatch  # noqa: E402
 from zenthor.actors.sweep import sweep, sweep_if_overdue, sweep_recheck  # noqa: E402
 from zenthor.ingress import set_default_publisher  # noqa: E402
 from zenthor.middleware.boot_sweep import KickSweepOnBoot  # noqa: E402
@@ -32,8 +32,9 @@ lease_heartbeat.on_released = hand_over
 # If the sweep's re-check messages stall (a paused worker's prefetch, a broker outage), the
 # heartbeat thread of some worker runs the sweep itself.
 lease_heartbeat.on_tick = sweep_if_overdue
-# accept() nudges dispatch through this unless a caller passes its own publisher.
-set_default_publisher(publish_dispatch)
+# accept() nudges dispatch through this unless a caller passes its own publisher, and delivery of a
+# chat command's reply (/queue, /debounce) through publish_delivery.
+set_default_publisher(publish_dispatch, deliver=publish_delivery)
 # A worker that starts kicks the sweep, so recovery never waits for the next periodiq tick.
 broker.add_middleware(KickSweepOnBoot(lambda: sweep_recheck.send("boot")))
 # Once RabbitMQ is back, consumers reconnect and blocked acks give up within a second, not 3-8 s.

@@ -21,13 +21,14 @@ def ops() -> None:
 @ops.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (for scripts).")
 def status(as_json: bool) -> None:
-    """Jobs per status, oldest pending age, expired leases, lease holders, last sweep, and the
-    health verdict of /healthz: exits 1 when unhealthy (for a cron or a probe)."""
+    """Jobs per status, oldest pending age, expired leases, lease holders, last sweep, the queue
+    modes in force, and the health verdict of /healthz: exits 1 when unhealthy (for a cron or a
+    probe)."""
     settings = bootstrap("ops")
     from zenthor.broker import broker
     from zenthor.queue.channel_leases import accounts_snapshot
     from zenthor.queue.health import health_checks
-    from zenthor.queue.stats import queue_snapshot
+    from zenthor.queue.stats import queue_modes, queue_snapshot
 
     healthy, checks = health_checks(
         broker,
@@ -36,6 +37,7 @@ def status(as_json: bool) -> None:
     )
     snapshot = queue_snapshot()
     snapshot["health"] = {"status": "ok" if healthy else "unavailable", "checks": checks}
+    snapshot["queue_modes"] = queue_modes(settings)
     snapshot["channel_accounts"] = [
         {k: a[k] for k in ("channel", "account_id", "state", "owner_id", "lease_held", "expires_in_s")}
         for a in accounts_snapshot()
@@ -59,6 +61,7 @@ def status(as_json: bool) -> None:
         )
     for holder in snapshot["lease_holders"]:
         click.echo(f"  holder {holder['processor_id']}: {holder['processing']} processing")
+    _echo_queue_modes(snapshot["queue_modes"])
     click.echo("outbox:      " + ("  ".join(f"{k}={v}" for k, v in snapshot["outbox"].items()) or "empty"))
     for account in snapshot["channel_accounts"]:
         owner = account["owner_id"] if account["lease_held"] else "nobody"
@@ -83,6 +86,29 @@ def status(as_json: bool) -> None:
         )
     if not healthy:
         raise SystemExit(1)
+
+
+def _echo_queue_modes(modes: dict) -> None:
+    """The queue modes in force (issue 14) and the conversations that chose their own."""
+    from zenthor.ingress.commands import format_ms
+
+    channels = "  ".join(f"{channel}={mode}" for channel, mode in modes["channel_modes"].items())
+    click.echo(
+        f"queue mode:  {modes['mode']} (QUEUE_MODE)  per channel: {channels or 'none'}  "
+        f"collect max {modes['collect_max']}"
+    )
+    debounce = format_ms(modes["debounce_ms"]) if modes["debounce_ms"] else "off"
+    click.echo(
+        f"debounce:    {debounce} (QUEUE_DEBOUNCE_MS), a burst waits at most "
+        f"{format_ms(modes['debounce_max_ms'])} (QUEUE_DEBOUNCE_MAX_MS)"
+    )
+    chosen = modes["conversations"]
+    own_modes = "  ".join(f"{mode}={n}" for mode, n in chosen["queue_mode"].items()) or "none"
+    own_waits = "  ".join(
+        f"{format_ms(int(ms)) if ms != '0' else 'off'}={n}" for ms, n in chosen["debounce_ms"].items()
+    )
+    own_waits = own_waits or "none"
+    click.echo(f"conversations' own: /queue {own_modes}   /debounce {own_waits}")
 
 
 @ops.command("requeue-stale")

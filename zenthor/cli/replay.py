@@ -19,7 +19,7 @@ def replay_command(path: str) -> None:
         report = replay_lines(lines)
     click.echo(
         f"accepted {report.accepted}, duplicates skipped {report.duplicate}, answers {report.answer}, "
-        f"ignored {report.ignored}, invalid {report.invalid}"
+        f"commands {report.command}, ignored {report.ignored}, invalid {report.invalid}"
     )
     for error in report.errors:
         click.echo(f"  {error}", err=True)

@@ -6,6 +6,7 @@ from zenthor.ingress.message import InboundMessage, InvalidInbound, parse_sent_a
 from zenthor.ingress.pipeline import (
     ACCEPTED,
     ANSWER,
+    COMMAND,
     DUPLICATE,
     IGNORED,
     NOTICE,
@@ -18,6 +19,7 @@ from zenthor.ingress.pipeline import (
 __all__ = [
     "ACCEPTED",
     "ANSWER",
+    "COMMAND",
     "DUPLICATE",
     "IGNORED",
     "NOTICE",

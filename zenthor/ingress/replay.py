@@ -22,6 +22,7 @@ class ReplayReport:
     accepted: int = 0
     duplicate: int = 0
     answer: int = 0
+    command: int = 0  # a /queue or /debounce command (issue 14): its reply was queued again
     ignored: int = 0
     invalid: int = 0
     errors: list[str] = field(default_factory=list)

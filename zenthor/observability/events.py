@@ -624,6 +624,19 @@ INBOUND_ANSWERED = event(
     description="an inbound was taken as the answer to a pending question, not a new turn",
     says="{channel} message {message_id} answered pending question of job {job_id}: {reason}",
 )
+INBOUND_COMMAND = event(
+    "inbound.command",
+    "channel",
+    "account_id",
+    "conversation_id",
+    "message_id",
+    "outbound_id",
+    "command",
+    "outcome",
+    description="a /queue or /debounce chat command (issue 14): outcome set (the conversation's setting "
+    "changed), shown or help (not understood); answered by the outbox row outbound_id, no turn",
+    says="{channel} conversation {conversation_id}: /{command} {outcome}, reply {outbound_id}",
+)
 INBOUND_DEDUPE_PRUNED = event(
     "inbound.dedupe_pruned", "count", "ttl_s", says="pruned {count} dedupe key(s) older than {ttl_s} s"
 )

@@ -97,6 +97,39 @@ def queue_snapshot() -> dict[str, Any]:
     }
 
 
+# Conversations that chose their own queue mode or debounce (/queue, /debounce), by value: one
+# pass over the conversation table (no index on these columns; ops status reads whole tables anyway).
+_CHOSEN_MODES = """
+SELECT queue_mode, debounce_ms, count(*) FROM conversation
+ WHERE queue_mode IS NOT NULL OR debounce_ms IS NOT NULL
+ GROUP BY queue_mode, debounce_ms
+"""
+
+
+def queue_modes(settings: Any) -> dict[str, Any]:
+    """The queue modes in force (issue 14): ``QUEUE_MODE``, the per-channel overrides, the collect
+    cap and the debounce settings, and how many conversations chose their own mode and debounce
+    (counts by value; debounce values are milliseconds, as strings, so the dict is JSON as is)."""
+    by_mode: dict[str, int] = {}
+    by_debounce: dict[int, int] = {}
+    for mode, debounce_ms, count in execute(_CHOSEN_MODES):
+        if mode is not None:
+            by_mode[mode] = by_mode.get(mode, 0) + count
+        if debounce_ms is not None:
+            by_debounce[debounce_ms] = by_debounce.get(debounce_ms, 0) + count
+    return {
+        "mode": settings.QUEUE_MODE,
+        "channel_modes": dict(sorted(settings.channel_queue_modes.items())),
+        "collect_max": settings.QUEUE_COLLECT_MAX,
+        "debounce_ms": settings.QUEUE_DEBOUNCE_MS,
+        "debounce_max_ms": settings.QUEUE_DEBOUNCE_MAX_MS,
+        "conversations": {
+            "queue_mode": dict(sorted(by_mode.items())),
+            "debounce_ms": {str(ms): n for ms, n in sorted(by_debounce.items())},
+        },
+    }
+
+
 def whatsapp_outbox_counts(account_id: str) -> dict[str, int]:
     """The account's open outbox rows by status (through the partial index on open rows)."""
     return {
