@@ -182,16 +182,102 @@ def test_the_hand_over_merges_the_next_batch(collect):
     assert rows(jobs) == [("done", None), ("done", jobs[0]), ("done", jobs[0])]
 
 
-def test_a_final_failure_answers_the_head_only_and_the_batch_gets_its_own_turn(collect):
+def test_after_a_batch_fails_for_good_each_message_left_gets_a_turn_of_its_own(collect):
+    """A message that breaks its turn (the model refuses it, the worker crashes on it) must not
+    take the rest of the burst down with it: the survivors of a failed batch are answered alone."""
     conversation = make_conversation("failed-head")
     jobs = [turn(conversation, f"m{n}") for n in range(3)]
     lease = claimed(jobs[0])
-    fail(lease, reason="auth", message="the model rejected our key", retry=False)
+    assert lease.merged_job_ids == tuple(jobs[1:])
+    fail(lease, reason="format", message="the model refused the request", retry=False)
     assert [s for s, _ in rows(jobs)] == ["failed", "pending", "pending"]
-    again = claimed(jobs[1])  # the head's old mark is cleared, the rest marked for the new head
-    assert again.merged_job_ids == (jobs[2],)
-    complete(again)
+    alone = claimed(jobs[1])
+    assert alone.merged_job_ids == ()  # left behind by a batch that failed: answered alone
+    complete(alone)
+    assert rows(jobs)[1] == ("done", None)
+    last = claimed(jobs[2])
+    assert last.merged_job_ids == ()
+    complete(last)
+
+
+def test_a_failed_attempt_is_retried_alone_but_a_release_or_one_lost_lease_merges_again(collect):
+    from zenthor.queue import release, requeue_stale
+
+    conversation = make_conversation("faults")
+    jobs = [turn(conversation, f"m{n}") for n in range(3)]
+    # A warm shutdown gives the job back without an attempt: the batch is merged again.
+    first = claimed(jobs[0])
+    assert release(first, reason="shutdown")
+    second = claimed(jobs[0])
+    assert second.merged_job_ids == tuple(jobs[1:]) and second.attempt == 1
+    # A crash: the sweep takes the expired lease back; the next claim merges the batch again.
+    execute("UPDATE agent_job SET locked_until = now() - interval '1 second' WHERE id = %s", (jobs[0],))
+    assert [job.job_id for job in requeue_stale()] == [jobs[0]]
+    third = claimed(jobs[0])
+    assert third.merged_job_ids == tuple(jobs[1:]) and third.attempt == 2
+    # The turn itself failed: the next attempt answers the head alone (the batch may be at fault).
+    fail(third, reason="server", message="the model answered 500")
+    execute("UPDATE agent_job SET available_at = now() WHERE id = %s", (jobs[0],))
+    fourth = claimed(jobs[0])
+    assert fourth.merged_job_ids == () and fourth.attempt == 3
+    complete(fourth)
+    assert rows(jobs) == [("done", None), ("pending", jobs[0]), ("pending", jobs[0])]  # marks of no lease
+    rest = claimed(jobs[1])
+    assert rest.merged_job_ids == (jobs[2],)
+    complete(rest)
     assert rows(jobs)[1:] == [("done", None), ("done", jobs[1])]
+
+
+def test_a_second_lost_lease_answers_the_head_alone(collect):
+    conversation = make_conversation("two-losses")
+    jobs = [turn(conversation, f"m{n}") for n in range(2)]
+    claimed(jobs[0], "a")
+    for taker in ("b", "c"):
+        execute("UPDATE agent_job SET locked_until = now() - interval '1 second' WHERE id = %s", (jobs[0],))
+        lease = claimed(jobs[0], taker)
+    assert (lease.attempt, lease.takeover, lease.merged_job_ids) == (3, True, ())
+
+
+def test_an_operators_retry_is_never_merged_and_the_reply_quotes_the_newest_message(collect):
+    from zenthor.queue import retry_failed
+
+    conversation = make_conversation("retried")
+    old = turn(conversation, "old question")
+    fail(claimed(old), reason="format", message="refused", retry=False)
+    jobs = [turn(conversation, "a"), turn(conversation, "b")]
+    retried = retry_failed(old)
+    after = turn(conversation, "c")
+    lease = claimed(jobs[0])
+    assert lease.merged_job_ids == (jobs[1],)  # the retry stops the batch: it was asked for alone
+    complete(lease)
+    again = claimed(retried.job_id)
+    assert again.merged_job_ids == (after,)
+    # Its own message is the oldest: the reply quotes the newest one the turn read.
+    newest = AgentJob.get_by_id(after).message_id
+    assert again.message_ids[0] < newest and again.reply_to == newest
+
+
+def test_a_debounced_message_during_a_batchs_turn_waits_its_full_quiet(collect):
+    from zenthor.queue import enqueue
+
+    conversation = make_conversation("typing-on")
+    jobs = [turn(conversation, f"m{n}") for n in range(2)]
+    execute(
+        "UPDATE agent_job SET created_at = now() - interval '20 seconds', available_at = now() - interval '20 seconds'"
+        " WHERE id = ANY(%s)",
+        (jobs,),
+    )
+    lease = claimed(jobs[0])
+    assert lease.merged_job_ids == (jobs[1],)
+    before = AgentJob.get_by_id(jobs[1]).available_at
+    with database.atomic():
+        message = Message.create(
+            conversation=conversation, role="user", content="still typing", sender_id="alice"
+        )
+        queued = enqueue(conversation, message.id, debounce_ms=3000, debounce_max_ms=15000)
+    # The burst being answered neither caps the new one's wait nor moves.
+    assert queued.behind and queued.delay_ms == 3000
+    assert AgentJob.get_by_id(jobs[1]).available_at == before
 
 
 def test_a_question_asked_by_a_batchs_turn_answers_the_whole_batch(collect):

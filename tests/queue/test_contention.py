@@ -15,6 +15,7 @@ from tests.support.factories import make_conversation
 from zenthor.db import database, execute
 from zenthor.models import AgentJob, Message
 from zenthor.queue import enqueue_job
+from zenthor.queue.conversations import lock_conversation
 
 CONVERSATIONS = 100
 JOBS = 2000
@@ -25,18 +26,25 @@ JOBS = 2000
 def test_two_processes_never_hold_a_job_twice_and_keep_each_conversations_order(mode, settings_env):
     """In collect mode a lease holds its head and the jobs merged into it: no job is held by two
     leases, no conversation by two, and every job is answered once, by its own turn or the one it
-    was merged into, in order."""
-    settings_env(QUEUE_MODE=mode)
+    was merged into, in order. Half the jobs arrive while the workers run, and batches are small
+    (QUEUE_COLLECT_MAX=3), so batches form, end and race with new arrivals all along."""
+    settings_env(QUEUE_MODE=mode, QUEUE_COLLECT_MAX="3")
     execute(
         "CREATE TABLE contention_probe (job_id BIGINT NOT NULL, conversation_id BIGINT NOT NULL, token UUID NOT NULL)"
     )
     try:
         conversations = [make_conversation(f"race-{i}") for i in range(CONVERSATIONS)]
-        with database.atomic():
-            for n in range(JOBS):  # interleaved arrival across conversations
+
+        def arrive(numbers: range) -> None:
+            for n in numbers:  # interleaved arrival across conversations, as accept writes it
                 conversation = conversations[n % CONVERSATIONS]
-                message = Message.create(conversation=conversation, role="user", content=f"m{n}")
-                enqueue_job(conversation, message.id)
+                with database.atomic():
+                    lock_conversation(conversation)
+                    message = Message.create(conversation=conversation, role="user", content=f"m{n}")
+                    enqueue_job(conversation, message.id)
+
+        with database.connection_context():
+            arrive(range(JOBS // 2))
 
         violations: list[str] = []
         samples = 0
@@ -66,11 +74,18 @@ def test_two_processes_never_hold_a_job_twice_and_keep_each_conversations_order(
         sampler.start()
         procs = [
             subprocess.Popen(
-                [sys.executable, "-m", "tests.support.contention", f"proc{p}", "8"], env=os.environ
+                [sys.executable, "-m", "tests.support.contention", f"proc{p}", "8", str(JOBS)], env=os.environ
             )
             for p in range(2)
         ]
+        late_errors: list[str] = []
+        late = threading.Thread(
+            target=lambda: _in_session(arrive, range(JOBS // 2, JOBS), errors=late_errors)
+        )
+        late.start()
         try:
+            late.join(360)
+            assert late_errors == []  # else the workers would wait for jobs that never come
             codes = [proc.wait(timeout=360) for proc in procs]
         finally:
             stop.set()
@@ -117,6 +132,14 @@ def test_two_processes_never_hold_a_job_twice_and_keep_each_conversations_order(
         assert holders == {"proc0", "proc1"}, "both processes must have won claims"
     finally:
         execute("DROP TABLE IF EXISTS contention_probe")
+
+
+def _in_session(work, *args, errors: list[str]) -> None:
+    try:
+        with database.connection_context():
+            work(*args)
+    except Exception as error:  # noqa: BLE001 - reported by the test
+        errors.append(f"{type(error).__name__}: {error}")
 
 
 REMINDERS = 40

@@ -1,6 +1,6 @@
 """A contention worker process: N threads race to claim and complete the same jobs.
 
-Run as ``python -m tests.support.contention NAME THREADS``. Each thread repeatedly picks heads of
+Run as ``python -m tests.support.contention NAME THREADS TOTAL`` (it stops once TOTAL jobs are done). Each thread repeatedly picks heads of
 line and other open jobs at random, claims, records that it holds
 the job (and in collect mode the jobs merged into it) in ``contention_probe`` while "working", and
 completes with an assistant message. A sampler in the test process reads ``contention_probe`` and
@@ -30,12 +30,14 @@ UNION ALL
 """
 
 
-def work(name: str, stop: threading.Event) -> None:
+def work(name: str, stop: threading.Event, total: int) -> None:
     with database.connection_context():
         while not stop.is_set():
             heads = [row[0] for row in execute(_CANDIDATES)]
             if not heads:
-                if not execute("SELECT 1 FROM agent_job WHERE status <> 'done' LIMIT 1"):
+                # Done once every job the test will enqueue exists and is done (the test may still
+                # be enqueuing while the workers run).
+                if execute("SELECT count(*) FROM agent_job WHERE status = 'done'")[0][0] >= total:
                     return
                 time.sleep(0.01)
                 continue
@@ -66,10 +68,10 @@ def work(name: str, stop: threading.Event) -> None:
 
 
 def main() -> None:
-    name, threads = sys.argv[1], int(sys.argv[2])
+    name, threads, total = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     init_database(pool_size=threads + 2)
     stop = threading.Event()
-    workers = [threading.Thread(target=work, args=(f"{name}-t{i}", stop)) for i in range(threads)]
+    workers = [threading.Thread(target=work, args=(f"{name}-t{i}", stop, total)) for i in range(threads)]
     for worker in workers:
         worker.start()
     for worker in workers:

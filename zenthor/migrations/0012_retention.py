@@ -14,11 +14,9 @@ constraint takes a short lock on ``message`` and ``agent_job`` (with a lock time
 each statement can be run again.
 """
 
-import time
 
-from peewee import OperationalError
 
-from zenthor.migrations import create_index_concurrently
+from zenthor.migrations import alter_giving_way, create_index_concurrently
 
 atomic = False
 
@@ -41,25 +39,10 @@ INDEXES = [
 ]
 
 
-# Dropping the constraint takes ACCESS EXCLUSIVE on message and agent_job for an instant, but
-# waiting for it would queue every claim, heartbeat and accept behind a long reader (a dry-run
-# count, say) and let leases expire: wait a short while, give way, try again.
-LOCK_TIMEOUT = "2s"
-LOCK_ATTEMPTS = 30
-
-
+# Dropping the constraint takes ACCESS EXCLUSIVE on message and agent_job for an instant: it
+# gives way to a long reader rather than queue every claim behind it (alter_giving_way).
 def _drop_job_fkey(db) -> None:
-    for attempt in range(1, LOCK_ATTEMPTS + 1):
-        try:
-            db.execute_sql(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
-            db.execute_sql("ALTER TABLE message DROP CONSTRAINT IF EXISTS message_job_id_fkey")
-            return
-        except OperationalError as error:
-            if "lock timeout" not in str(error) or attempt == LOCK_ATTEMPTS:
-                raise
-            time.sleep(min(0.2 * attempt, 2.0))
-        finally:
-            db.execute_sql("RESET lock_timeout")
+    alter_giving_way(db, "ALTER TABLE message DROP CONSTRAINT IF EXISTS message_job_id_fkey")
 
 
 def up(migrator, db):

@@ -13,20 +13,25 @@ without a default; the checks are added ``NOT VALID``, so adding them takes its 
 the catalogue, then validated under a lock that lets writers on), and each can be run again.
 """
 
+from zenthor.migrations import alter_giving_way
+
 atomic = False
 
 
 def up(migrator, db):
-    db.execute_sql("ALTER TABLE conversation ADD COLUMN IF NOT EXISTS queue_mode TEXT")
-    db.execute_sql("ALTER TABLE conversation ADD COLUMN IF NOT EXISTS debounce_ms INTEGER")
-    db.execute_sql("ALTER TABLE agent_job ADD COLUMN IF NOT EXISTS merged_into BIGINT")
+    # Each takes ACCESS EXCLUSIVE for an instant; it gives way to a long reader rather than queue
+    # every claim, heartbeat and accept behind it.
+    alter_giving_way(db, "ALTER TABLE conversation ADD COLUMN IF NOT EXISTS queue_mode TEXT")
+    alter_giving_way(db, "ALTER TABLE conversation ADD COLUMN IF NOT EXISTS debounce_ms INTEGER")
+    alter_giving_way(db, "ALTER TABLE agent_job ADD COLUMN IF NOT EXISTS merged_into BIGINT")
     for name, check in (
         ("conversation_queue_mode_check", "queue_mode IN ('collect', 'followup')"),
         ("conversation_debounce_ms_check", "debounce_ms BETWEEN 0 AND 600000"),
     ):
-        db.execute_sql(
+        alter_giving_way(
+            db,
             f"DO $$ BEGIN ALTER TABLE conversation ADD CONSTRAINT {name} CHECK ({check}) NOT VALID; "
-            "EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+            "EXCEPTION WHEN duplicate_object THEN NULL; END $$",
         )
         # Validation scans the table under a lock that lets writers on (SHARE UPDATE EXCLUSIVE).
         db.execute_sql(f"ALTER TABLE conversation VALIDATE CONSTRAINT {name}")

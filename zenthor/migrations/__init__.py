@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from peewee import OperationalError
 from playhouse.migrations import Runner
 
 from zenthor.db import database
@@ -55,3 +56,21 @@ def create_index_concurrently(db, name: str, ddl: str) -> None:
     if invalid:
         db.execute_sql(f'DROP INDEX CONCURRENTLY IF EXISTS "{name}"')
     db.execute_sql(ddl)
+
+
+def alter_giving_way(db, statement: str, *, lock_timeout: str = "2s", attempts: int = 30) -> None:
+    """Run ``statement`` (an ``ALTER TABLE`` that takes ACCESS EXCLUSIVE for an instant) waiting
+    at most ``lock_timeout`` for its lock, then giving way and trying again, up to ``attempts``
+    times. Waiting longer would queue every claim, heartbeat and accept behind a long reader (a
+    dry-run count, say) and let leases expire."""
+    for attempt in range(1, attempts + 1):
+        try:
+            db.execute_sql(f"SET lock_timeout = '{lock_timeout}'")
+            db.execute_sql(statement)
+            return
+        except OperationalError as error:
+            if "lock timeout" not in str(error) or attempt == attempts:
+                raise
+            time.sleep(min(0.2 * attempt, 2.0))
+        finally:
+            db.execute_sql("RESET lock_timeout")

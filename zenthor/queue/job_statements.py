@@ -57,6 +57,11 @@ TAKE_LEASE = """status = 'processing',
 # cannot deadlock); the batch is those before the first one that is not a turn (a resume is
 # never merged) or not from the head's sender (in a group, each member's messages keep their own
 # turn and their own approvals).
+# A head merges on its first attempt, and again after one lost lease (a crash or a pause: the turn
+# need not be at fault). After a failed attempt, a second lost lease, or when it was itself left
+# behind by a batch that failed for good (``was_merged_into``), it is answered alone: a message
+# that breaks its turn is isolated, and every other message of the burst is still answered. A
+# job an operator retried (``retry_of``) stops a batch too: it was asked for on its own.
 # Merged jobs stay pending, marked with the head's id and lease token: the head is processing, so
 # every claim of them is refused, and the head's completion (COMPLETE_AND_HOLD's ``answered``)
 # finishes exactly the ones its token still marks. A retry, a release, a lost lease: the next
@@ -64,14 +69,20 @@ TAKE_LEASE = """status = 'processing',
 MERGE_BEHIND = """
 room AS (
     SELECT mode.id, mode.conversation_id, mode.name,
-           CASE WHEN mode.kind = 'turn' AND mode.name = 'collect' THEN %(collect_max)s::int ELSE 0 END AS n,
-           CASE WHEN mode.kind = 'turn' AND mode.name = 'collect'
+           CASE WHEN mode.collects THEN %(collect_max)s::int ELSE 0 END AS n,
+           CASE WHEN mode.collects
                 THEN (SELECT m.sender_id FROM message AS m WHERE m.id = mode.message_id) END AS sender
-      FROM (SELECT h.id, h.conversation_id, h.kind, h.message_id,
-                   coalesce(c.queue_mode, %(modes)s::jsonb ->> c.channel, %(mode)s) AS name
+      FROM (SELECT h.id, h.conversation_id, h.message_id,
+                   coalesce(c.queue_mode, %(modes)s::jsonb ->> c.channel, %(mode)s) AS name,
+                   h.kind = 'turn'
+                   AND coalesce(c.queue_mode, %(modes)s::jsonb ->> c.channel, %(mode)s) = 'collect'
+                   AND (h.attempts = 0
+                        OR (h.attempts = 1 AND (h.error_reason = 'stale_lease' OR h.previous_status = 'processing')))
+                   AND NOT EXISTS (SELECT 1 FROM agent_job AS f
+                                    WHERE f.id = h.was_merged_into AND f.status = 'failed') AS collects
               FROM head AS h JOIN conversation AS c ON c.id = h.conversation_id) AS mode
 ), behind AS (
-    SELECT p.id, p.kind, (SELECT m.sender_id FROM message AS m WHERE m.id = p.message_id) AS sender
+    SELECT p.id, p.kind, p.retry_of, (SELECT m.sender_id FROM message AS m WHERE m.id = p.message_id) AS sender
       FROM agent_job AS p, room
      WHERE room.n > 0 AND p.conversation_id = room.conversation_id AND p.status = 'pending'
        AND p.id > room.id
@@ -81,7 +92,8 @@ room AS (
 ), batch AS (
     SELECT b.id FROM behind AS b
      WHERE b.id < coalesce((SELECT min(s.id) FROM behind AS s, room
-                             WHERE s.kind <> 'turn' OR s.sender IS DISTINCT FROM room.sender),
+                             WHERE s.kind <> 'turn' OR s.retry_of IS NOT NULL
+                                OR s.sender IS DISTINCT FROM room.sender),
                            9223372036854775807)
 ), merged AS (
     UPDATE agent_job AS p SET merged_into = (SELECT room.id FROM room), lease_token = %(token)s::uuid
@@ -114,8 +126,9 @@ WITH head AS (
             OR (j.status = 'processing' AND j.attempts + 1 < j.max_attempts AND {EXPIRED}))
        AND NOT {AHEAD_OF_J}
     RETURNING j.id, j.conversation_id, j.message_id, j.kind, j.payload, j.attempts, j.max_attempts,
-              j.locked_until, {WAITED_MS},
-              (SELECT prev.status FROM agent_job AS prev WHERE prev.id = j.id) AS previous_status
+              j.locked_until, {WAITED_MS}, j.error_reason,
+              (SELECT prev.status FROM agent_job AS prev WHERE prev.id = j.id) AS previous_status,
+              (SELECT prev.merged_into FROM agent_job AS prev WHERE prev.id = j.id) AS was_merged_into
 ), {MERGE_BEHIND}
 SELECT head.id, head.conversation_id, head.message_id, head.kind, head.payload, head.attempts,
        head.max_attempts, head.locked_until,
@@ -338,7 +351,8 @@ WITH next AS (
        AND j.status = 'pending' AND j.available_at <= now()
        AND NOT {AHEAD_OF_J}
     RETURNING j.id, j.conversation_id, j.message_id, j.kind, j.payload, j.attempts, j.max_attempts,
-              j.locked_until, {WAITED_MS}
+              j.locked_until, {WAITED_MS}, j.error_reason, 'pending'::text AS previous_status,
+              (SELECT prev.merged_into FROM agent_job AS prev WHERE prev.id = j.id) AS was_merged_into
 ), head AS (SELECT * FROM taken), {MERGE_BEHIND}
 SELECT next.id, taken.id, taken.conversation_id, taken.message_id, taken.kind, taken.payload,
        taken.attempts, taken.max_attempts, taken.locked_until,
@@ -368,6 +382,12 @@ RETURNING j.id, {AHEAD_OF_J}, 0::bigint
 """
 
 
+# A pending job merged into a turn that runs now (collect): being answered, so no part of a new burst.
+IN_LIVE_BATCH = """(p.merged_into IS NOT NULL AND EXISTS (
+    SELECT 1 FROM agent_job AS h
+     WHERE h.id = p.merged_into AND h.status = 'processing' AND h.lease_token = p.lease_token))"""
+
+
 # A turn with a debounce (issue 14, item 2): the conversation's burst (its pending turn jobs and
 # this one) becomes available after ``debounce_ms`` of quiet, and never later than ``max_ms``
 # after the oldest of them arrived. Earlier jobs of the burst are pushed to the same moment (never
@@ -375,15 +395,19 @@ RETURNING j.id, {AHEAD_OF_J}, 0::bigint
 # yet available and asks again then. The caller holds the conversation's lock (accept), so no
 # other writer moves these rows meanwhile; a claim racing the push re-checks the row after it.
 # The rows are locked in id order, as a claim's batch locks them (MERGE_BEHIND): no deadlock.
+# Jobs merged into the turn that runs now are left out: they are being answered, and their
+# arrival must neither cap the new burst's wait nor be moved.
 ENQUEUE_DEBOUNCED = f"""
 WITH burst AS (
     SELECT least(now() + %(debounce_ms)s * interval '1 millisecond',
                  coalesce(min(p.created_at), now()) + %(max_ms)s * interval '1 millisecond') AS at
       FROM agent_job AS p
      WHERE p.conversation_id = %(conversation_id)s AND p.status = 'pending' AND p.kind = 'turn'
+       AND NOT {IN_LIVE_BATCH}
 ), burst_jobs AS (
     SELECT p.id FROM agent_job AS p
      WHERE p.conversation_id = %(conversation_id)s AND p.status = 'pending' AND p.kind = 'turn'
+       AND NOT {IN_LIVE_BATCH}
      ORDER BY p.id
        FOR NO KEY UPDATE
 ), pushed AS (

@@ -120,8 +120,9 @@ class Lease:
 
     @property
     def reply_to(self) -> int | None:
-        """The user message the turn's reply answers: the newest one it read."""
-        return self.merged_message_ids[-1] if self.merged_message_ids else self.message_id
+        """The user message the turn's reply answers: the newest one it read (the highest id:
+        ids follow acceptance order; a job's own message may be older than its id, as a retry's)."""
+        return max(self.message_ids, default=None)
 
     @property
     def message_ids(self) -> tuple[int, ...]:
