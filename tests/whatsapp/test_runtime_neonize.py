@@ -482,6 +482,37 @@ def test_messages_in_and_replies_out_through_real_neonize(rig, events):
     assert events.named("channel.lease.released", reason="shutdown")
 
 
+def test_a_collected_burst_is_marked_read_together_when_its_turn_starts(rig, events, settings_env):
+    """Collect (issue 14): three messages of one person, one turn; the presence loop marks all
+    three read in one receipt when the turn starts, and the one reply answers the newest."""
+    settings_env(QUEUE_MODE="collect")
+    rig.start()
+    side = rig.side
+    for n, text in enumerate(("hi", "can you remind me", "to call mom at 6")):
+        side.deliver(message_event(f"3EB0BRST{n}", text=text, sender=jid(ALICE_NUMBER, device=3)))
+    [(conversation_id, _)] = conversations()
+    [(head, _), _, _] = jobs(conversation_id)
+    with database.connection_context():
+        lease = claim(head, "worker-test")
+    assert isinstance(lease, Lease) and len(lease.merged_job_ids) == 2
+    wait_for(lambda: side.go.calls_to("MarkRead"), 10, message="the read mark")
+    [(_, _, ids, _, _, receipt)] = side.go.calls_to("MarkRead")
+    assert ids == ["3EB0BRST0", "3EB0BRST1", "3EB0BRST2"] and receipt == b"read"
+    with database.connection_context():
+        written = complete(
+            lease,
+            write=lambda held: write_replies(
+                held.conversation_id, held.job_id, ["I will remind you"], in_reply_to=held.reply_to
+            ),
+        )
+    [reply_id] = written.outbound_ids
+    assert wait_sent(reply_id)[0] == "sent"
+    assert side.sends() == [(ALICE, 0, "I will remind you")]
+    assert len(side.go.calls_to("MarkRead")) == 1  # nothing marked twice
+    assert [status for _, status in jobs(conversation_id)] == ["done", "done", "done"]
+    rig.shutdown()
+
+
 # ---- the connection's end ---------------------------------------------------------------------------
 
 

@@ -2,8 +2,8 @@
 
 Turns run in Dramatiq workers, which have no WhatsApp connection; the owner watches the account's
 ``processing`` jobs (a handful of rows, found through the partial index on processing jobs) and,
-for each job that starts, marks its message read and shows "typing…" in its chat; when the job
-is no longer processing, clears it. Best effort: a failed mark or presence is logged at DEBUG and
+for each job that starts, marks its messages read (its own, and those merged into it in collect
+mode) and shows "typing…" in its chat; when the job is no longer processing, clears it. Best effort: a failed mark or presence is logged at DEBUG and
 never affects a reply.
 """
 
@@ -19,8 +19,16 @@ from zenthor.db import database, execute
 from zenthor.observability import emit
 from zenthor.observability import events as ev
 
+# Each running turn with every message it answers: its own, and in collect mode the ones merged
+# into it under its token (issue 14; the same sender's, so one receipt names them all).
 _RUNNING_TURNS = """
-SELECT j.id, c.chat_id, m.provider_message_id, m.sender_id
+SELECT j.id, c.chat_id, m.sender_id,
+       array_remove(ARRAY[m.provider_message_id]
+                    || ARRAY(SELECT bm.provider_message_id
+                               FROM agent_job AS b JOIN message AS bm ON bm.id = b.message_id
+                              WHERE b.conversation_id = j.conversation_id AND b.status = 'pending'
+                                AND b.merged_into = j.id AND b.lease_token = j.lease_token
+                              ORDER BY b.id), NULL)
   FROM agent_job AS j
   JOIN conversation AS c ON c.id = j.conversation_id
   LEFT JOIN message AS m ON m.id = j.message_id
@@ -102,14 +110,15 @@ class PresenceLoop(threading.Thread):
         """One look at the running turns."""
         rows = execute(_RUNNING_TURNS, ("whatsapp", self.term.lease.account_id))
         running = {row[0] for row in rows}
-        for job_id, chat_id, message_id, sender_id in rows:
+        for job_id, chat_id, sender_id, message_ids in rows:
             if job_id in self._typing or not self.term.may_send():
                 continue
             chat = self.identities.reply_jid(chat_id)
             self._typing[job_id] = chat
-            if message_id and self.read_marks.first_time(message_id):
+            unread = [message_id for message_id in message_ids if self.read_marks.first_time(message_id)]
+            if unread:
                 sender = reader_of(chat, sender_id)
-                self._best_effort("mark_read", self.transport.mark_read, chat, sender, [message_id])
+                self._best_effort("mark_read", self.transport.mark_read, chat, sender, unread)
             self._best_effort("typing_on", self.transport.set_typing, chat, True)
         for job_id in [j for j in self._typing if j not in running]:
             chat = self._typing.pop(job_id)
