@@ -267,6 +267,24 @@ def test_a_message_that_tells_no_language_is_asked_in_the_default_one(
     assert outbox_texts(english)[0].endswith(QUESTION_SUFFIX["en"])
 
 
+def test_a_collected_burst_is_read_whole_and_asked_in_its_language(model_env, fake_model, tools, published):
+    """Collect (issue 14): "oi" tells little; the burst it starts tells Portuguese. The model reads
+    the whole burst, the question covers it, and every job of the burst is answered by it."""
+    model_env(QUEUE_MODE="collect", APPROVAL_DEFAULT_LANGUAGE="en")
+    burst = [
+        send(text, f"b{n}", published) for n, text in enumerate(("oi", "me lembra de ligar pra mãe amanhã"))
+    ]
+    script_remind(fake_model)
+    assert process_job(burst[0].job_id) == "awaiting_approval"
+    sent = fake_model.requests[-1]["messages"][1:]
+    assert [m["content"] for m in sent] == ["oi", "me lembra de ligar pra mãe amanhã"]
+    (question,) = outbox_texts(burst[0].conversation_id)
+    assert question.endswith(QUESTION_SUFFIX["pt"])
+    assert (job(burst[1].job_id).status, job(burst[1].job_id).merged_into) == ("done", burst[0].job_id)
+    answer = send("SIM", "b2", published)
+    assert (answer.status, answer.job_id) == ("answer", burst[0].job_id)
+
+
 def test_yes_runs_the_tool_and_finishes_the_turn(model_env, fake_model, tools, published):
     conversation_id, job_id = ask_for_approval(fake_model, published)
     answer = send("YES", "m2", published)

@@ -288,10 +288,16 @@ class AgentLoop:
     # --- helpers ----------------------------------------------------------------------------------
     def _language(self) -> str:
         """The language of the job's user message (for a resume, the message that started it,
-        which the job keeps); the configured default when it does not tell."""
-        message = self._user_message()
-        guessed = guess_language(message.content if message is not None else None)
-        return guessed or self.settings.approval_default_language
+        which the job keeps; in collect mode, all the messages the turn answers, since "hi"
+        alone tells little); the configured default when it does not tell."""
+        merged = tuple(getattr(self.ctx, "message_ids", ()))[1:]
+        if merged:
+            rows = Message.select(Message.content).where(Message.id.in_((self.ctx.message_id, *merged)))
+            text = "\n".join(row.content or "" for row in rows)
+        else:
+            message = self._user_message()
+            text = message.content if message is not None else None
+        return guess_language(text) or self.settings.approval_default_language
 
     def _user_message(self) -> Message | None:
         if self._message is None and self.ctx.message_id:
