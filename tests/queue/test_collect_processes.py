@@ -1,7 +1,7 @@
 """Collect (issue 14) with real `dramatiq zenthor.actors` processes: a burst gets one more turn,
 and a crash or a pause of the worker that holds a batch loses nothing and answers nothing twice.
 
-Workers run with short leases (4 s, heartbeat 1 s) and 1 s sweep re-checks, as in test_recovery.py.
+Workers run with short leases (``processes`` in conftest.py), as in test_recovery.py.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import time
 import pytest
 
 from tests.ingress.helpers import inbound
-from tests.queue.test_recovery import FAST, LOCK_MS
+from tests.queue.conftest import LOCK_MS
 from tests.support.factories import assistant_messages
-from tests.support.workers import WorkerProcess, wait_for
+from tests.support.workers import wait_for
 from zenthor.actors.publish import publish_dispatch
 from zenthor.db import execute
 from zenthor.ingress import accept
@@ -22,21 +22,7 @@ from zenthor.models import AgentJob
 
 pytestmark = pytest.mark.timeout(180)
 
-COLLECT = {**FAST, "QUEUE_MODE": "collect"}
-
-
-@pytest.fixture
-def processes():
-    started: list[WorkerProcess] = []
-
-    def start(name: str, **kwargs) -> WorkerProcess:
-        process = WorkerProcess(name, env={**COLLECT, **kwargs.pop("env", {})}, **kwargs)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
+COLLECT = {"QUEUE_MODE": "collect"}
 
 
 def say(chat: str, text: str, n: int, *, publish=None) -> tuple[int, int]:
@@ -56,7 +42,7 @@ def states(job_ids: list[int]) -> list[tuple[str, int | None]]:
 
 def test_five_messages_during_a_turn_get_one_more_turn_that_reads_them_all(processes, tmp_path):
     gate = tmp_path / "first-turn"
-    worker = processes("worker-collect", threads=2)
+    worker = processes("worker-collect", threads=2, env=COLLECT)
     conversation, first = say("burst", f"gate:{gate}", 0)
     wait_for(lambda: states([first])[0][0] == "processing", 30, message="the first turn runs")
     burst = [say("burst", f"m{n}", n)[1] for n in range(1, 6)]
@@ -85,7 +71,7 @@ def test_a_killed_holder_of_a_batch_loses_nothing_and_the_batch_is_answered_once
     for n, text in enumerate((f"gate:{gate}", "b", "c")):
         conversation, job_id = say("killed", text, n, publish=lambda *args, **kwargs: True)
         jobs.append(job_id)
-    victim = processes("worker-victim", threads=2)
+    victim = processes("worker-victim", threads=2, env=COLLECT)
     publish_dispatch(jobs[0])
     wait_for(
         lambda: states(jobs) == [("processing", None), ("pending", jobs[0]), ("pending", jobs[0])],
@@ -95,7 +81,7 @@ def test_a_killed_holder_of_a_batch_loses_nothing_and_the_batch_is_answered_once
     victim.kill9()
     killed_at = time.monotonic()
 
-    processes("worker-after", threads=2)
+    processes("worker-after", threads=2, env=COLLECT)
     wait_for(
         lambda: AgentJob.get_by_id(jobs[0]).processor_id == "worker-after",
         LOCK_MS / 1000 + 25,
@@ -118,12 +104,12 @@ def test_a_paused_holder_of_a_batch_writes_nothing_for_any_of_its_jobs(processes
     for n, text in enumerate(("blind:5", "b", "c")):
         conversation, job_id = say("paused", text, n, publish=lambda *args, **kwargs: True)
         jobs.append(job_id)
-    paused = processes("worker-paused-batch", threads=2)
+    paused = processes("worker-paused-batch", threads=2, env=COLLECT)
     publish_dispatch(jobs[0])
     wait_for(lambda: states(jobs)[1] == ("pending", jobs[0]), 30, message="the paused worker holds the batch")
     paused.signal_all(signal.SIGSTOP)
     try:
-        healthy = processes("worker-healthy-batch", threads=2)
+        healthy = processes("worker-healthy-batch", threads=2, env=COLLECT)
         wait_for(lambda: all(s == "done" for s, _ in states(jobs)), 60, interval=0.2)
     finally:
         paused.signal_all(signal.SIGCONT)
@@ -140,7 +126,7 @@ def test_a_debounced_burst_gets_one_turn_after_the_quiet(processes, settings_env
     """Three messages 300 ms apart with a 1 s debounce: one turn, which starts once 1 s passed
     after the last (database times: created_at, available_at and started_at are its now())."""
     settings_env(QUEUE_DEBOUNCE_MS="1000", QUEUE_DEBOUNCE_MAX_MS="15000")  # accept reads them here
-    worker = processes("worker-debounce", threads=2)
+    worker = processes("worker-debounce", threads=2, env=COLLECT)
     jobs = []
     for n, text in enumerate(("hi", "can you remind me", "to call mom at 6")):
         if n:

@@ -1,7 +1,8 @@
 """Crashes, pauses and long turns with real `dramatiq zenthor.actors` processes (I1, I4, I6).
 
-Workers run with short leases (4 s, heartbeat 1 s) and 1 s sweep re-checks so the tests take
-seconds, not minutes; the bound checked is the one DESIGN.md promises: lease TTL + 15 s.
+Workers run with short leases (``processes`` in conftest.py: 4 s, heartbeat 1 s, 1 s sweep
+re-checks) so the tests take seconds, not minutes; the bound checked is the one DESIGN.md
+promises: lease TTL + 15 s.
 """
 
 from __future__ import annotations
@@ -11,36 +12,14 @@ import time
 
 import pytest
 
+from tests.queue.conftest import LOCK_MS
 from tests.support.factories import assistant_messages, make_conversation, make_job
 from tests.support.workers import WorkerProcess, wait_for
 from zenthor.actors.publish import publish_dispatch
 from zenthor.models import AgentJob
 from zenthor.queue import requeue_stale
 
-LOCK_MS = 4000
-FAST = {
-    "AGENT_JOB_LOCK_MS": str(LOCK_MS),
-    "AGENT_JOB_HEARTBEAT_MS": "1000",
-    "SWEEP_RECHECK_MS": "1000",
-    "DISPATCH_REPUBLISH_GRACE_MS": "2000",
-    "AGENT_TURN": "tests.support.turns:scripted_turn",
-}
-
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture
-def processes():
-    started: list[WorkerProcess] = []
-
-    def start(name: str, **kwargs) -> WorkerProcess:
-        process = WorkerProcess(name, env={**FAST, **kwargs.pop("env", {})}, **kwargs)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
 
 
 def statuses(job_ids: list[int]) -> dict[int, tuple[str, str | None]]:
