@@ -508,7 +508,15 @@ def main() -> int:
         "--timeout", type=float, default=600, help="seconds a mode may take to finish its jobs"
     )
     parser.add_argument("--modes", default=",".join(MODES), help="which modes to run, in order")
+    parser.add_argument(
+        "--debounce-ms",
+        type=int,
+        default=0,
+        help="QUEUE_DEBOUNCE_MS for the accepts (0: off): a burst waits that long a quiet",
+    )
     args = parser.parse_args()
+    # Before the settings are first read: accept() runs in this process and applies it.
+    os.environ["QUEUE_DEBOUNCE_MS"] = str(args.debounce_ms)
 
     from tests.support.fake_model import FakeModel
 
@@ -532,7 +540,8 @@ def main() -> int:
                     f"bench.collect: {args.conversations} conversations x {args.burst} messages per mode,"
                     f" fake model {args.delay_ms} ms, worker -p {args.processes} -t {args.threads},"
                     f" {args.senders} senders, {f'{args.pace:g} bursts/s' if args.pace else 'unpaced'},"
-                    f" QUEUE_COLLECT_MAX {get_settings().QUEUE_COLLECT_MAX}, {os.cpu_count()} cores,"
+                    f" QUEUE_COLLECT_MAX {get_settings().QUEUE_COLLECT_MAX},"
+                    f" QUEUE_DEBOUNCE_MS {get_settings().QUEUE_DEBOUNCE_MS}, {os.cpu_count()} cores,"
                     f" load average {os.getloadavg()[0]:.2f}"
                 )
                 for mode in args.modes.split(","):
