@@ -283,6 +283,14 @@ def test_a_collected_burst_is_read_whole_and_asked_in_its_language(model_env, fa
     assert (job(burst[1].job_id).status, job(burst[1].job_id).merged_into) == ("done", burst[0].job_id)
     answer = send("SIM", "b2", published)
     assert (answer.status, answer.job_id) == ("answer", burst[0].job_id)
+    # The resumed turn answers the burst: its reply is in reply to the burst's newest message.
+    fake_model.script(Reply(content="Pronto: te lembro amanhã."))
+    assert process_job(burst[0].job_id) == "done"
+    ((in_reply_to,),) = execute(
+        "SELECT in_reply_to FROM outbound_message WHERE job_id = %s ORDER BY id DESC LIMIT 1",
+        (burst[0].job_id,),
+    )
+    assert in_reply_to == burst[1].message_id
 
 
 def test_yes_runs_the_tool_and_finishes_the_turn(model_env, fake_model, tools, published):

@@ -103,9 +103,15 @@ room AS (
 )"""
 
 
-# The merged jobs' ids and messages, in order, as two arrays (NULL: none), and the mode applied.
+# The merged jobs' ids and messages, in order, as two arrays (NULL: none), and the mode applied. A
+# resume merges nothing, but the batch its first turn answered joined its job at completion: its
+# messages are the resumed turn's too (its reply answers the newest; an answer to the question,
+# kind approval_answer, is not one of them).
 MERGED_ARRAYS = """(SELECT array_agg(merged.id ORDER BY merged.id) FROM merged),
-       (SELECT array_agg(merged.message_id ORDER BY merged.id) FROM merged),
+       coalesce((SELECT array_agg(merged.message_id ORDER BY merged.id) FROM merged),
+                (SELECT array_agg(m.id ORDER BY m.id) FROM message AS m, head
+                  WHERE head.kind = 'resume' AND m.job_id = head.id AND m.role = 'user'
+                    AND m.kind IS NULL AND m.id IS DISTINCT FROM head.message_id)),
        (SELECT room.name FROM room)"""
 
 
