@@ -21,6 +21,7 @@ plans a hot statement once per connection (server-side ``PREPARE``/``EXECUTE``).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
@@ -497,6 +498,51 @@ def give_back() -> None:
     if db is None or db.is_closed() or db.in_transaction():
         return
     db.close()
+
+
+def _thread_connection() -> Any:
+    return getattr(getattr(database.obj, "_state", None), "conn", None)
+
+
+def session_dropped() -> bool:
+    """True when this thread holds a connection the server dropped (a restart, a terminated
+    backend, a proxy's cut): psycopg2 marks it closed, so no round trip is needed to tell."""
+    conn = _thread_connection()
+    return conn is not None and bool(conn.closed)
+
+
+def session_live() -> bool:
+    """True when this thread holds an open connection. A statement that failed on a live session
+    (a deadlock, a timeout) leaves it open; a cut one, or none at all, is not live."""
+    conn = _thread_connection()
+    return conn is not None and not conn.closed
+
+
+def drop_session(*, idle_too: bool = False) -> None:
+    """Close this thread's dead connection instead of handing it back to the pool; with
+    ``idle_too``, the pool's idle connections as well (after a restart they are dead too, and each
+    would cost a failed statement). Best effort: a dead session may refuse a clean close."""
+    try:
+        database.obj.manual_close()
+    except Exception:  # noqa: BLE001 - a dead session refusing a clean close
+        pass
+    if idle_too:
+        try:
+            database.obj.close_idle()
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+
+
+def return_to_pool(logger: logging.Logger) -> None:
+    """Hand this thread's connection back to the pool (Peewee's check-in closes a dead one instead
+    of pooling it), at the end of a message or of a thread; a failure is logged on ``logger``, never
+    raised, so a broken connection cannot fail the message or the thread's exit."""
+    if database.obj is None or database.is_closed():
+        return
+    try:
+        database.close()
+    except Exception:  # noqa: BLE001 - see the docstring
+        logger.warning("could not return a database connection to the pool", exc_info=True)
 
 
 def close_database() -> None:

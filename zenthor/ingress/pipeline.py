@@ -21,7 +21,7 @@ from typing import Any
 
 from peewee import InterfaceError, OperationalError
 
-from zenthor.db import database, execute
+from zenthor.db import database, drop_session, execute, session_dropped
 from zenthor.ingress.answers import AnswerRequest, find_answer
 from zenthor.ingress.commands import (
     Command,
@@ -195,9 +195,8 @@ def _deliver_reply(
 
 def _stored(message_id: int) -> bool:
     """Whether the user message ``message_id`` is committed, asked on a live session."""
-    conn = getattr(getattr(database.obj, "_state", None), "conn", None)
-    if conn is not None and conn.closed:
-        database.obj.manual_close()  # dead: not back to the pool
+    if session_dropped():
+        drop_session()  # dead: not back to the pool
     try:
         return bool(execute("SELECT 1 FROM message WHERE id = %s", (message_id,)))
     except (OperationalError, InterfaceError):

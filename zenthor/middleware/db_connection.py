@@ -15,7 +15,7 @@ import logging
 
 from dramatiq.middleware import Middleware
 
-from zenthor.db import database
+from zenthor.db import return_to_pool
 
 _logger = logging.getLogger(__name__)
 
@@ -24,18 +24,9 @@ class DbConnection(Middleware):
     """Returns a thread's connection to the pool after each message, and when the thread exits."""
 
     def after_process_message(self, broker, message, *, result=None, exception=None):
-        _give_back()
+        return_to_pool(_logger)
 
     after_skip_message = after_process_message
 
     def before_worker_thread_shutdown(self, broker, thread):
-        _give_back()  # runs in the exiting thread
-
-
-def _give_back() -> None:
-    if database.obj is None or database.is_closed():
-        return
-    try:
-        database.close()  # a dead connection is closed, not pooled (Peewee's check-in)
-    except Exception:  # noqa: BLE001 - a broken connection must not fail the message
-        _logger.warning("could not return a database connection to the pool", exc_info=True)
+        return_to_pool(_logger)  # runs in the exiting thread

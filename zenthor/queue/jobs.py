@@ -49,7 +49,16 @@ from typing import Any, TypeVar
 from peewee import IntegrityError, InterfaceError, OperationalError
 from psycopg2.extras import Json
 
-from zenthor.db import Prepared, PreparedStatementLost, database, execute, execute_prepared, transaction_then
+from zenthor.db import (
+    Prepared,
+    PreparedStatementLost,
+    database,
+    drop_session,
+    execute,
+    execute_prepared,
+    session_live,
+    transaction_then,
+)
 from zenthor.observability import emit
 from zenthor.observability import events as ev
 from zenthor.queue import job_statements as sql
@@ -180,22 +189,12 @@ RECONNECT_BUDGET_S = 15.0
 
 def _session_lost() -> bool:
     """True when this thread has no live database session: it was cut (Postgres restarted, an
-    operator or a failover terminated it) or none could be opened. A statement that failed on a
-    live session (deadlock, timeout) leaves it open."""
-    conn = getattr(getattr(database.obj, "_state", None), "conn", None)
-    return conn is None or bool(conn.closed)
+    operator or a failover terminated it) or none could be opened."""
+    return not session_live()
 
 
 def _drop_session() -> None:
-    try:
-        database.obj.manual_close()  # not back to the pool: it is dead
-    except Exception:  # noqa: BLE001 - a dead session refusing a clean close
-        pass
-    try:
-        # After a restart the pool's idle connections are dead too; each would cost a retry.
-        database.obj.close_idle()
-    except Exception:  # noqa: BLE001 - best effort
-        pass
+    drop_session(idle_too=True)
 
 
 def on_live_session(

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from peewee import InterfaceError, OperationalError
 
-from zenthor.db import database
+from zenthor.db import database, return_to_pool, session_dropped
 
 _logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class DbThreads:
                 else:
                     loop.call_soon_threadsafe(_settle, future, result, None)
         finally:
-            _give_back()
+            return_to_pool(_logger)
             drop = getattr(self.broker, "drop_thread_connection", None)
             if drop is not None:
                 drop()  # this thread's publisher connection ends with it
@@ -113,9 +113,9 @@ def _call(fn: Callable[..., T], args: tuple) -> T:
     try:
         return fn(*args)
     except (OperationalError, InterfaceError):
-        if not _broken():
+        if not session_dropped():
             raise
-        _give_back()
+        return_to_pool(_logger)
         if not kept:
             raise  # a fresh connection failed: Postgres is away, the caller answers 503
     # The connection this thread kept had died meanwhile: nothing was written on it (or, if its
@@ -123,8 +123,8 @@ def _call(fn: Callable[..., T], args: tuple) -> T:
     try:
         return fn(*args)
     except (OperationalError, InterfaceError):
-        if _broken():
-            _give_back()
+        if session_dropped():
+            return_to_pool(_logger)
         raise
 
 
@@ -135,18 +135,3 @@ def _settle(future: asyncio.Future, result: Any, error: BaseException | None) ->
         future.set_exception(error)
     else:
         future.set_result(result)
-
-
-def _broken() -> bool:
-    # psycopg2 marks a connection closed (without a round trip) once the server dropped it.
-    conn = getattr(getattr(database.obj, "_state", None), "conn", None)
-    return conn is not None and bool(conn.closed)
-
-
-def _give_back() -> None:
-    if database.obj is None or database.is_closed():
-        return
-    try:
-        database.close()  # the pool closes a broken connection instead of keeping it
-    except Exception:  # noqa: BLE001 - a broken connection must not fail the request or the exit
-        _logger.warning("could not return a database connection to the pool", exc_info=True)
