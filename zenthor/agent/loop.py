@@ -44,6 +44,7 @@ from zenthor.agent.context import (
     fit_to_window,
     load_conversation,
     load_history,
+    message_texts,
     report_compaction,
 )
 from zenthor.agent.errors import ModelError, TurnError
@@ -290,10 +291,9 @@ class AgentLoop:
         """The language of the job's user message (for a resume, the message that started it,
         which the job keeps; in collect mode, all the messages the turn answers, since "hi"
         alone tells little); the configured default when it does not tell."""
-        merged = tuple(getattr(self.ctx, "message_ids", ()))[1:]
-        if merged:
-            rows = Message.select(Message.content).where(Message.id.in_((self.ctx.message_id, *merged)))
-            text = "\n".join(row.content or "" for row in rows)
+        message_ids = tuple(getattr(self.ctx, "message_ids", ()))
+        if len(message_ids) > 1:
+            text = "\n".join(message_texts(message_ids))
         else:
             message = self._user_message()
             text = message.content if message is not None else None

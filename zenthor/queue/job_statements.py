@@ -49,7 +49,8 @@ TAKE_LEASE = """status = 'processing',
 
 
 # Collect (issue 14): the turn jobs queued behind the job a claim just took (CTE ``head``: its
-# id, conversation, message and kind), merged into it. ``room`` is the batch's size:
+# id, conversation, message, kind, attempts, error_reason, previous_status and the mark it had,
+# was_merged_into), merged into it. ``mode`` is the conversation's; ``room`` is the batch's size:
 # ``collect_max`` when the head is a turn and its conversation collects (its own mode, else its
 # channel's from the ``modes`` jsonb, else ``mode``), else 0. ``behind`` is that many pending jobs
 # behind the head, in id order (read through agent_job_pending_fifo, so a flooded conversation
@@ -67,20 +68,22 @@ TAKE_LEASE = """status = 'processing',
 # finishes exactly the ones its token still marks. A retry, a release, a lost lease: the next
 # claim of the head marks them again under its own token, and a stale holder matches nothing.
 MERGE_BEHIND = """
-room AS (
+mode AS (
+    SELECT h.*, coalesce(c.queue_mode, %(modes)s::jsonb ->> c.channel, %(mode)s) AS name
+      FROM head AS h JOIN conversation AS c ON c.id = h.conversation_id
+), room AS (
     SELECT mode.id, mode.conversation_id, mode.name,
-           CASE WHEN mode.collects THEN %(collect_max)s::int ELSE 0 END AS n,
-           CASE WHEN mode.collects
+           CASE WHEN merging.collects THEN %(collect_max)s::int ELSE 0 END AS n,
+           CASE WHEN merging.collects
                 THEN (SELECT m.sender_id FROM message AS m WHERE m.id = mode.message_id) END AS sender
-      FROM (SELECT h.id, h.conversation_id, h.message_id,
-                   coalesce(c.queue_mode, %(modes)s::jsonb ->> c.channel, %(mode)s) AS name,
-                   h.kind = 'turn'
-                   AND coalesce(c.queue_mode, %(modes)s::jsonb ->> c.channel, %(mode)s) = 'collect'
-                   AND (h.attempts = 0
-                        OR (h.attempts = 1 AND (h.error_reason = 'stale_lease' OR h.previous_status = 'processing')))
-                   AND NOT EXISTS (SELECT 1 FROM agent_job AS f
-                                    WHERE f.id = h.was_merged_into AND f.status = 'failed') AS collects
-              FROM head AS h JOIN conversation AS c ON c.id = h.conversation_id) AS mode
+      FROM mode, LATERAL (
+           SELECT mode.kind = 'turn' AND mode.name = 'collect'
+                  AND (mode.attempts = 0
+                       OR (mode.attempts = 1
+                           AND (mode.error_reason = 'stale_lease' OR mode.previous_status = 'processing')))
+                  AND NOT EXISTS (SELECT 1 FROM agent_job AS f
+                                   WHERE f.id = mode.was_merged_into AND f.status = 'failed') AS collects
+      ) AS merging
 ), behind AS (
     SELECT p.id, p.kind, p.retry_of, (SELECT m.sender_id FROM message AS m WHERE m.id = p.message_id) AS sender
       FROM agent_job AS p, room

@@ -187,16 +187,6 @@ def _settings():
 RECONNECT_BUDGET_S = 15.0
 
 
-def _session_lost() -> bool:
-    """True when this thread has no live database session: it was cut (Postgres restarted, an
-    operator or a failover terminated it) or none could be opened."""
-    return not session_live()
-
-
-def _drop_session() -> None:
-    drop_session(idle_too=True)
-
-
 def on_live_session(
     write: Callable[[], T], *, operation: str, job_id: int | None = None, budget_s: float = RECONNECT_BUDGET_S
 ) -> T:
@@ -216,7 +206,7 @@ def on_live_session(
         try:
             return write()
         except (OperationalError, InterfaceError) as error:
-            if database.in_transaction() or not _session_lost() or time.monotonic() + delay > deadline:
+            if database.in_transaction() or session_live() or time.monotonic() + delay > deadline:
                 raise
             if delay == 0.0:
                 emit(
@@ -226,7 +216,7 @@ def on_live_session(
                     job_id=job_id,
                     error=f"session lost, retrying on a fresh connection: {str(error)[:160]}",
                 )
-            _drop_session()
+            drop_session(idle_too=True)
             time.sleep(delay)
             delay = min(max(delay * 2, 0.1), 2.0)
 
@@ -530,8 +520,8 @@ def completion_committed(lease: Lease) -> bool:
 def _completion_committed(lease: Lease) -> bool:
     """Whether this lease's completion committed, asked on a live session (a completion leaves
     its token on the row; a takeover would have replaced it)."""
-    if _session_lost():
-        _drop_session()
+    if not session_live():
+        drop_session(idle_too=True)
     params = {"job_id": lease.job_id, "token": lease.token}
     rows = on_live_session(lambda: execute(sql.COMMITTED, params), operation="complete", job_id=lease.job_id)
     return bool(rows and rows[0][0])
@@ -541,8 +531,8 @@ def _release_hand_over(conversation_id: int, token: str) -> None:
     """Give back the job a hand-over claimed under ``token``, if it did (best effort: if this
     fails too, its lease expires and the sweep takes it back)."""
     try:
-        if _session_lost():
-            _drop_session()
+        if not session_live():
+            drop_session(idle_too=True)
         rows = execute(sql.RELEASE_HAND_OVER, {"conversation_id": conversation_id, "token": token})
     except Exception:  # noqa: BLE001 - already on an error path
         return
@@ -662,9 +652,9 @@ def release_after_lost_session(lease: Lease) -> bool:
     previous attempt was released this way too (then its lease expires and an attempt is counted:
     a turn that itself cuts its session, e.g. through a proxy's timeout, ends after its attempts).
     """
-    if lease.lost or lease.finishing or not _session_lost():
+    if lease.lost or lease.finishing or session_live():
         return False
-    _drop_session()
+    drop_session(idle_too=True)
 
     def release_once() -> bool:
         return bool(execute(sql.RELEASE_SESSION_LOST, {"job_id": lease.job_id, "token": lease.token}))
