@@ -112,9 +112,10 @@ mode AS (
 # kind approval_answer, is not one of them).
 MERGED_ARRAYS = """(SELECT array_agg(merged.id ORDER BY merged.id) FROM merged),
        coalesce((SELECT array_agg(merged.message_id ORDER BY merged.id) FROM merged),
-                (SELECT array_agg(m.id ORDER BY m.id) FROM message AS m, head
-                  WHERE head.kind = 'resume' AND m.job_id = head.id AND m.role = 'user'
-                    AND m.kind IS NULL AND m.id IS DISTINCT FROM head.message_id)),
+                CASE WHEN (SELECT head.kind FROM head) = 'resume'
+                     THEN (SELECT array_agg(m.id ORDER BY m.id) FROM message AS m, head
+                            WHERE m.job_id = head.id AND m.role = 'user' AND m.kind IS NULL
+                              AND m.id IS DISTINCT FROM head.message_id) END),
        (SELECT room.name FROM room)"""
 
 
@@ -194,7 +195,8 @@ FENCE = "j.id = %(job_id)s AND j.lease_token = %(token)s::uuid AND j.status = 'p
 # conversation through ``done`` only, so Postgres must run the update (and lock the job row)
 # before it can look the conversation up: the lock order job -> conversation holds (I5). A lost
 # lease updates nothing, so nothing is locked and no row comes back. ``answered`` (collect, issue
-# 14) finishes the jobs the turn answered with the head's (merged into it under the same token),
+# 14) finishes the jobs the turn answered with the head's (merged into it under the same token;
+# looked up by the ids the claim returned, so a turn that merged nothing reads no other row),
 # after the conversation's lock: job -> conversation -> the jobs behind, the order accept's
 # debounce keeps too (it holds the conversation before it moves them). Also when the turn asks a
 # question (awaiting_approval): it read those messages. Their user messages join the head's job
@@ -213,8 +215,8 @@ WITH done AS (
 ), answered AS (
     UPDATE agent_job AS m
        SET status = 'done', finished_at = now(), locked_until = NULL
-     WHERE m.conversation_id = (SELECT held.id FROM held) AND m.status = 'pending'
-       AND m.merged_into = %(job_id)s AND m.lease_token = %(token)s::uuid
+     WHERE m.id = ANY(%(merged)s::bigint[]) AND m.conversation_id = (SELECT held.id FROM held)
+       AND m.status = 'pending' AND m.merged_into = %(job_id)s AND m.lease_token = %(token)s::uuid
     RETURNING m.id, m.message_id
 ), moved AS (
     UPDATE message AS um SET job_id = %(job_id)s
@@ -229,7 +231,9 @@ SELECT done.conversation_id, held.channel, held.account_id, held.chat_id,
 # Inside the completion's transaction, as its first statement: a statement the server lost
 # aborts the transaction, and complete() runs it again (zenthor.db.PreparedStatementLost).
 COMPLETE_AND_HOLD_PREPARED = Prepared(
-    "zenthor_complete_and_hold", COMPLETE_AND_HOLD, {"job_id": "bigint", "token": "text", "status": "text"}
+    "zenthor_complete_and_hold",
+    COMPLETE_AND_HOLD,
+    {"job_id": "bigint", "token": "text", "status": "text", "merged": "bigint[]"},
 )
 
 

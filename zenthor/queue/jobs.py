@@ -440,7 +440,12 @@ def complete(
     lease.check("complete")
     lease.finishing = True
 
-    params = {"job_id": lease.job_id, "token": lease.token, "status": status}
+    params = {
+        "job_id": lease.job_id,
+        "token": lease.token,
+        "status": status,
+        "merged": list(lease.merged_job_ids),
+    }
     hand_over_token: str | None = None
     if chain_to is None:
         then: tuple[str | Prepared, Any] = (sql.NEXT_PENDING, (lease.conversation_id,))
